@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test suite against throwaway PostgreSQL 15 clusters and ends with
+# a summary.  Exits non-zero if any suite fails.  Called by `make test`, after
+# the extension is built and installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PRELOAD='shared_preload_libraries=tiermeter,pg_cron'
+pass=0
+fail=0
+summary=()
+
+suite() {
+	local name=$1
+	shift
+	echo
+	echo "=== $name"
+	local t0=$SECONDS
+	if "$@"; then
+		pass=$((pass + 1))
+		summary+=("ok    $name ($((SECONDS - t0)) s)")
+	else
+		fail=$((fail + 1))
+		summary+=("FAIL  $name ($((SECONDS - t0)) s)")
+		for d in regression.diffs output_iso/regression.diffs; do
+			[ -s "$d" ] && { echo "--- $d"; head -200 "$d"; }
+		done
+	fi
+}
+
+rm -rf results output_iso regression.diffs regression.out
+
+suite "pg_regress + isolation, library preloaded" \
+	pg_virtualenv -v 15 -o "$PRELOAD" make -s installcheck
+suite "pg_regress, library not preloaded" \
+	pg_virtualenv -v 15 make -s installcheck ISOLATION=
+suite "pgTAP (pg_prove test/pgtap)" \
+	pg_virtualenv -v 15 -o "$PRELOAD" scripts/pgtap.sh
+suite "docs (examples of docs/reference.md)" \
+	pg_virtualenv -v 15 -o "$PRELOAD" scripts/docs.sh
+suite "TAP (prove test/t, PostgreSQL::Test::Cluster)" \
+	scripts/tap.sh
+
+echo
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+echo "suites: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,373 @@
+-- tiermeter 0.1.0: per-organization usage limits by subscription tier.
+-- The contract is SPEC.md; docs/design.md explains the tables.
+
+\echo Use "CREATE EXTENSION tiermeter" to load this file. \quit
+
+-- The schema is created by CREATE EXTENSION (schema = tiermeter in the control
+-- file).  Nothing here is granted to PUBLIC.
+REVOKE ALL ON SCHEMA @extschema@ FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Configuration (SPEC §2): ordinary, editable data, dumped by pg_dump.
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.tiers (
+	tier_id				text PRIMARY KEY CHECK (tier_id <> ''),
+	display_name		text NOT NULL,
+	rank				integer NOT NULL UNIQUE,
+	price_cents_monthly	integer NOT NULL DEFAULT 0 CHECK (price_cents_monthly >= 0),
+	max_session_seconds	bigint CHECK (max_session_seconds >= 0),
+	max_active_sessions	integer CHECK (max_active_sessions >= 0),
+	is_default			boolean NOT NULL DEFAULT false
+);
+-- at most one default tier; at least one is checked at commit (below)
+CREATE UNIQUE INDEX tiers_one_default ON @extschema@.tiers ((true)) WHERE is_default;
+
+CREATE TABLE @extschema@.features (
+	feature		text PRIMARY KEY CHECK (feature <> ''),
+	kind		text NOT NULL CHECK (kind IN ('period', 'gauge')),
+	unit		text,
+	description	text
+);
+
+CREATE TABLE @extschema@.tier_quotas (
+	tier_id	text NOT NULL REFERENCES @extschema@.tiers ON UPDATE CASCADE ON DELETE CASCADE,
+	feature	text NOT NULL REFERENCES @extschema@.features ON UPDATE CASCADE ON DELETE CASCADE,
+	quota	bigint CHECK (quota >= 0),
+	PRIMARY KEY (tier_id, feature)
+);
+
+CREATE TABLE @extschema@.stripe_prices (
+	price_id	text PRIMARY KEY CHECK (price_id <> ''),
+	tier_id		text NOT NULL REFERENCES @extschema@.tiers ON UPDATE CASCADE ON DELETE CASCADE
+);
+
+CREATE TABLE @extschema@.alert_thresholds (
+	percent	integer PRIMARY KEY CHECK (percent > 0)
+);
+
+-- Exactly one default tier, checked when the editing transaction commits.
+CREATE FUNCTION @extschema@._check_default_tier() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF (SELECT count(*) FROM @extschema@.tiers WHERE is_default) <> 1 THEN
+		RAISE EXCEPTION 'tiermeter: there must be exactly one default tier'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Set is_default = true on one row of tiermeter.tiers.';
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER tiers_exactly_one_default
+	AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tiers
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._check_default_tier();
+
+------------------------------------------------------------------------------
+-- Organizations and their per-org settings.
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.orgs (
+	org_id					text PRIMARY KEY CHECK (org_id <> ''),
+	tier_id					text NOT NULL REFERENCES @extschema@.tiers ON UPDATE CASCADE,
+	billing_anchor			timestamptz NOT NULL,
+	period_start			timestamptz NOT NULL,
+	period_end				timestamptz NOT NULL,
+	stripe_customer_id		text,
+	stripe_subscription_id	text,
+	created_at				timestamptz NOT NULL DEFAULT now(),
+	updated_at				timestamptz NOT NULL DEFAULT now(),
+	CHECK (period_end > period_start)
+);
+
+CREATE TABLE @extschema@.org_quotas (
+	org_id	text NOT NULL REFERENCES @extschema@.orgs ON UPDATE CASCADE ON DELETE CASCADE,
+	feature	text NOT NULL REFERENCES @extschema@.features ON UPDATE CASCADE ON DELETE CASCADE,
+	quota	bigint CHECK (quota >= 0),
+	PRIMARY KEY (org_id, feature)
+);
+
+CREATE TABLE @extschema@.usage_grants (
+	org_id		text NOT NULL,
+	feature		text NOT NULL REFERENCES @extschema@.features ON UPDATE CASCADE ON DELETE CASCADE,
+	amount		bigint NOT NULL CHECK (amount > 0),
+	reason		text,
+	granted_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX usage_grants_org ON @extschema@.usage_grants (org_id, feature, granted_at);
+
+------------------------------------------------------------------------------
+-- The usage ledger: the durable truth.  Append-only, one row per recorded
+-- amount, no row lock shared between writers of one org (docs/design.md).
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.usage_log (
+	org_id			text NOT NULL,
+	feature			text NOT NULL,
+	amount			bigint NOT NULL,
+	occurred_at		timestamptz NOT NULL,
+	conversation_id	text,
+	idempotency_key	text,
+	recorded_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX usage_log_org_feature_time
+	ON @extschema@.usage_log (org_id, feature, occurred_at) INCLUDE (amount);
+CREATE UNIQUE INDEX usage_log_idempotency
+	ON @extschema@.usage_log (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE @extschema@.limit_events (
+	id				bigserial PRIMARY KEY,
+	org_id			text NOT NULL,
+	kind			text NOT NULL CHECK (kind IN ('threshold_reached', 'tier_changed', 'stripe_unmapped')),
+	feature			text,
+	threshold		integer,
+	period_start	timestamptz,
+	payload			jsonb NOT NULL DEFAULT '{}',
+	created_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX limit_events_org ON @extschema@.limit_events (org_id, created_at);
+CREATE UNIQUE INDEX limit_events_threshold_once
+	ON @extschema@.limit_events (org_id, feature, period_start, threshold)
+	WHERE kind = 'threshold_reached';
+
+-- Every limit event is also sent as NOTIFY tiermeter, <json>.
+CREATE FUNCTION @extschema@._notify_limit_event() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM pg_notify('tiermeter', to_jsonb(NEW)::text);
+	RETURN NULL;
+END $$;
+CREATE TRIGGER limit_events_notify AFTER INSERT ON @extschema@.limit_events
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._notify_limit_event();
+
+------------------------------------------------------------------------------
+-- The seeded catalog (SPEC §2).
+------------------------------------------------------------------------------
+
+INSERT INTO @extschema@.tiers
+	(tier_id, display_name, rank, price_cents_monthly, max_session_seconds, max_active_sessions, is_default)
+VALUES
+	('free',         'Free',         0,     0, 1800,    1, true),
+	('basic',        'Basic',        1,  2900, 3600,    3, false),
+	('professional', 'Professional', 2,  9900, 7200,   10, false),
+	('enterprise',   'Enterprise',   3, 49900, NULL, NULL, false);
+
+INSERT INTO @extschema@.features (feature, kind, unit, description) VALUES
+	('conversation_seconds', 'period', 's',     'AI conversation time per billing period'),
+	('users',                'gauge',  'users', 'users in the organization'),
+	('pages',                'gauge',  'pages', 'stored pages'),
+	('documents',            'gauge',  'documents', 'stored documents'),
+	('spreadsheets',         'gauge',  'spreadsheets', 'stored spreadsheets'),
+	('web_scrapes',          'period', 'scrapes', 'single-page web scrapes per billing period'),
+	('multipage_scrapes',    'period', 'scrapes', 'multi-page web scrapes per billing period'),
+	('reports',              'period', 'reports', 'generated reports per billing period'),
+	('images',               'period', 'images', 'generated images per billing period'),
+	('api_access',           'gauge',  'boolean', 'API access: quota 0 = no, unlimited = yes');
+
+INSERT INTO @extschema@.tier_quotas (tier_id, feature, quota)
+SELECT t.tier_id, q.feature, CASE t.tier_id
+		WHEN 'free' THEN q.free WHEN 'basic' THEN q.basic
+		WHEN 'professional' THEN q.professional ELSE q.enterprise END
+FROM (VALUES
+	('conversation_seconds', 3600, 18000, 72000, NULL),
+	('users',                   1,     3,    10, NULL),
+	('pages',                  50,   500,  2000, NULL),
+	('documents',               5,    50,   200, NULL),
+	('spreadsheets',            0,    10,    20, NULL),
+	('web_scrapes',             0,    50,   200, NULL),
+	('multipage_scrapes',       0,     0,    10,   50),
+	('reports',                 0,     0,     5,   20),
+	('images',                  0,   100,   500, NULL),
+	('api_access',              0,     0,  NULL, NULL)
+) AS q(feature, free, basic, professional, enterprise)
+CROSS JOIN @extschema@.tiers t;
+
+INSERT INTO @extschema@.alert_thresholds (percent) VALUES (80), (100);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tiers', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.features', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_quotas', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.stripe_prices', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.alert_thresholds', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.orgs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.org_quotas', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.usage_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.usage_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.limit_events', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.limit_events_id_seq', '');
+
+------------------------------------------------------------------------------
+-- Result type (SPEC §3).
+------------------------------------------------------------------------------
+
+CREATE TYPE @extschema@.limit_status AS (
+	org_id			text,
+	tier			text,
+	feature			text,
+	allowed			boolean,
+	reason			text,
+	used			bigint,
+	quota			bigint,
+	remaining		bigint,
+	percent_used	numeric,
+	warning			boolean,
+	unlimited		boolean,
+	period_start	timestamptz,
+	period_end		timestamptz
+);
+
+------------------------------------------------------------------------------
+-- Functions in C (src/).
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.period_bounds(
+	anchor timestamptz, at timestamptz,
+	stored_start timestamptz DEFAULT NULL, stored_end timestamptz DEFAULT NULL,
+	OUT period_start timestamptz, OUT period_end timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'tiermeter_period_bounds'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION @extschema@.format_duration(seconds bigint) RETURNS text
+AS 'MODULE_PATHNAME', 'tiermeter_format_duration'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+CREATE FUNCTION @extschema@.check_org_limits(
+	org_id text, feature text DEFAULT 'conversation_seconds')
+RETURNS @extschema@.limit_status
+AS 'MODULE_PATHNAME', 'tiermeter_check_org_limits'
+LANGUAGE C STABLE CALLED ON NULL INPUT;
+
+CREATE FUNCTION @extschema@.record_usage(
+	org_id text, amount bigint, feature text DEFAULT 'conversation_seconds',
+	conversation_id text DEFAULT NULL, idempotency_key text DEFAULT NULL,
+	occurred_at timestamptz DEFAULT NULL)
+RETURNS @extschema@.limit_status
+AS 'MODULE_PATHNAME', 'tiermeter_record_usage'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+CREATE FUNCTION @extschema@.consume(
+	org_id text, amount bigint, feature text DEFAULT 'conversation_seconds',
+	conversation_id text DEFAULT NULL, idempotency_key text DEFAULT NULL)
+RETURNS @extschema@.limit_status
+AS 'MODULE_PATHNAME', 'tiermeter_consume'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Internal helpers shared by the admin functions below.
+CREATE FUNCTION @extschema@._ensure_org(org_id text) RETURNS void
+AS 'MODULE_PATHNAME', 'tiermeter_ensure_org'
+LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+CREATE FUNCTION @extschema@._require_feature(feature text) RETURNS text
+AS 'MODULE_PATHNAME', 'tiermeter_require_feature'
+LANGUAGE C STABLE CALLED ON NULL INPUT;
+
+CREATE FUNCTION @extschema@._require_tier(tier_id text) RETURNS void
+AS 'MODULE_PATHNAME', 'tiermeter_require_tier'
+LANGUAGE C STABLE CALLED ON NULL INPUT;
+
+CREATE FUNCTION @extschema@._require_amount(amount bigint, feature text, is_gauge boolean) RETURNS void
+AS 'MODULE_PATHNAME', 'tiermeter_require_amount'
+LANGUAGE C IMMUTABLE CALLED ON NULL INPUT;
+
+------------------------------------------------------------------------------
+-- Admin functions (SQL; SECURITY DEFINER with a pinned search_path).
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.set_org_tier(org_id text, tier_id text) RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	old_tier text;
+BEGIN
+	PERFORM @extschema@._require_tier(tier_id);
+	PERFORM @extschema@._ensure_org(org_id);
+	SELECT o.tier_id INTO old_tier FROM @extschema@.orgs o
+		WHERE o.org_id = set_org_tier.org_id FOR UPDATE;
+	IF old_tier IS DISTINCT FROM set_org_tier.tier_id THEN
+		UPDATE @extschema@.orgs o SET tier_id = set_org_tier.tier_id, updated_at = now()
+			WHERE o.org_id = set_org_tier.org_id;
+		INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+		VALUES (set_org_tier.org_id, 'tier_changed',
+				jsonb_build_object('from', old_tier, 'to', set_org_tier.tier_id,
+								   'source', 'set_org_tier'));
+	END IF;
+END $$;
+
+CREATE FUNCTION @extschema@.set_org_quota(org_id text, feature text, quota bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM @extschema@._require_feature(feature);
+	IF quota < 0 OR quota > 1000000000000 THEN
+		RAISE EXCEPTION 'tiermeter: quota must be between 0 and 10^12, or NULL for unlimited'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('quota = %s', quota);
+	END IF;
+	PERFORM @extschema@._ensure_org(org_id);
+	INSERT INTO @extschema@.org_quotas AS q (org_id, feature, quota)
+	VALUES (set_org_quota.org_id, set_org_quota.feature, set_org_quota.quota)
+	ON CONFLICT ON CONSTRAINT org_quotas_pkey DO UPDATE SET quota = EXCLUDED.quota;
+END $$;
+
+CREATE FUNCTION @extschema@.grant_usage(
+	org_id text, amount bigint, feature text DEFAULT 'conversation_seconds',
+	reason text DEFAULT NULL)
+RETURNS @extschema@.limit_status
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF @extschema@._require_feature(feature) <> 'period' THEN
+		RAISE EXCEPTION 'tiermeter: grants apply to period features only'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('"%s" is a gauge.', feature),
+				  HINT = 'Use tiermeter.set_org_quota() to raise a gauge''s limit.';
+	END IF;
+	PERFORM @extschema@._require_amount(amount, feature, false);
+	IF amount = 0 THEN
+		RAISE EXCEPTION 'tiermeter: a grant must be positive'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM @extschema@._ensure_org(org_id);
+	INSERT INTO @extschema@.usage_grants (org_id, feature, amount, reason)
+	VALUES (grant_usage.org_id, grant_usage.feature, grant_usage.amount, grant_usage.reason);
+	RETURN @extschema@.check_org_limits(org_id, feature);
+END $$;
+
+------------------------------------------------------------------------------
+-- Nothing is granted to PUBLIC.
+------------------------------------------------------------------------------
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM PUBLIC;
+REVOKE ALL ON TYPE @extschema@.limit_status FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Comments.
+------------------------------------------------------------------------------
+
+COMMENT ON SCHEMA @extschema@ IS 'tiermeter: per-organization usage limits by subscription tier';
+COMMENT ON TABLE @extschema@.tiers IS 'Subscription tiers (plans), ordered by rank; NULL limits are unlimited; exactly one is the default.';
+COMMENT ON TABLE @extschema@.features IS 'Metered features: kind period counts per billing period, kind gauge is a level that never resets.';
+COMMENT ON TABLE @extschema@.tier_quotas IS 'Quota of each feature per tier; NULL is unlimited; a missing row means not included (0).';
+COMMENT ON TABLE @extschema@.stripe_prices IS 'Stripe price ids or lookup keys mapped to tiers.';
+COMMENT ON TABLE @extschema@.alert_thresholds IS 'Usage percentages that raise warnings and threshold events.';
+COMMENT ON TABLE @extschema@.orgs IS 'Organizations: tier, billing anchor, stored current period and Stripe ids. Created on first sight.';
+COMMENT ON TABLE @extschema@.org_quotas IS 'Per-org quota overrides of the tier quota; NULL is unlimited.';
+COMMENT ON TABLE @extschema@.usage_grants IS 'Extra quota granted to an org for the period that contains granted_at.';
+COMMENT ON TABLE @extschema@.usage_log IS 'Append-only usage ledger, the durable truth: usage counts in the period that contains occurred_at.';
+COMMENT ON TABLE @extschema@.limit_events IS 'Events for admins and listeners (threshold_reached, tier_changed, stripe_unmapped); each insert sends NOTIFY tiermeter.';
+COMMENT ON TYPE @extschema@.limit_status IS 'Result of check_org_limits, record_usage, consume and grant_usage.';
+COMMENT ON FUNCTION @extschema@._check_default_tier() IS 'Constraint trigger: exactly one default tier.';
+COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: sends NOTIFY tiermeter with the new limit event as JSON.';
+COMMENT ON FUNCTION @extschema@.period_bounds(timestamptz, timestamptz, timestamptz, timestamptz) IS 'The billing period that contains "at" for an anchor (monthly, day clamped to month end, UTC), honouring a stored current period.';
+COMMENT ON FUNCTION @extschema@.format_duration(bigint) IS 'Seconds as ''<h>h <m>m'' or ''<m>m'' (floored to minutes); ''Unlimited'' for NULL.';
+COMMENT ON FUNCTION @extschema@.check_org_limits(text, text) IS 'Read-only: the limit status of one org and feature in the current period.';
+COMMENT ON FUNCTION @extschema@.record_usage(text, bigint, text, text, text, timestamptz) IS 'Records usage that happened (even past the quota) and returns the status after it; idempotent by (org_id, idempotency_key).';
+COMMENT ON FUNCTION @extschema@.consume(text, bigint, text, text, text) IS 'Records usage only if it stays within the quota; allowed says whether it was recorded.';
+COMMENT ON FUNCTION @extschema@._ensure_org(text) IS 'Internal: validates an org id and creates the org on the default tier if unknown.';
+COMMENT ON FUNCTION @extschema@._require_feature(text) IS 'Internal: errors unless the feature exists; returns its kind.';
+COMMENT ON FUNCTION @extschema@._require_tier(text) IS 'Internal: errors unless the tier exists.';
+COMMENT ON FUNCTION @extschema@._require_amount(bigint, text, boolean) IS 'Internal: errors unless the amount is valid for a feature of that kind.';
+COMMENT ON FUNCTION @extschema@.set_org_tier(text, text) IS 'Moves an org to a tier at once; usage is kept; writes a tier_changed event.';
+COMMENT ON FUNCTION @extschema@.set_org_quota(text, text, bigint) IS 'Overrides the tier quota of one feature for one org (NULL = unlimited).';
+COMMENT ON FUNCTION @extschema@.grant_usage(text, bigint, text, text) IS 'Grants extra quota of a period feature for the current period.';

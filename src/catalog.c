@@ -1,0 +1,457 @@
+/*
+ * catalog.c
+ *		SPI plumbing shared by every SQL-callable function: saved plans,
+ *		running as the extension owner, argument validation, and the lookup
+ *		of an org, a feature and its quota.
+ *
+ * Every query is fully schema-qualified, operators included, because it runs
+ * as the owner of the tiermeter schema whatever the caller's search_path.
+ * Configuration is read on every call, so an edit to a config row takes
+ * effect on the next call in every session.
+ */
+#include "tiermeter.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(tiermeter_ensure_org);
+PG_FUNCTION_INFO_V1(tiermeter_require_feature);
+PG_FUNCTION_INFO_V1(tiermeter_require_tier);
+PG_FUNCTION_INFO_V1(tiermeter_require_amount);
+
+#define EQ " OPERATOR(pg_catalog.=) "
+#define LT " OPERATOR(pg_catalog.<) "
+#define GE " OPERATOR(pg_catalog.>=) "
+
+typedef struct TmPlanDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[6];
+} TmPlanDef;
+
+static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
+	[TM_PLAN_LOOKUP] = {
+		"SELECT f.kind" EQ "'gauge', t.tier_id, o.org_id IS NOT NULL,"
+		"       o.billing_anchor, o.period_start, o.period_end,"
+		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL"
+		"            ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END,"
+		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota"
+		"            ELSE COALESCE(tq.quota, 0) END,"
+		"       (SELECT pg_catalog.min(a.percent) FROM tiermeter.alert_thresholds a"
+		"         WHERE a.percent" LT "100)"
+		"  FROM tiermeter.features f"
+		"  LEFT JOIN tiermeter.orgs o ON o.org_id" EQ "$1"
+		"  LEFT JOIN tiermeter.tiers t ON t.tier_id" EQ
+		"       COALESCE(o.tier_id, (SELECT d.tier_id FROM tiermeter.tiers d WHERE d.is_default))"
+		"  LEFT JOIN tiermeter.tier_quotas tq"
+		"       ON tq.tier_id" EQ "t.tier_id AND tq.feature" EQ "f.feature"
+		"  LEFT JOIN tiermeter.org_quotas oq"
+		"       ON oq.org_id" EQ "$1 AND oq.feature" EQ "f.feature"
+		" WHERE f.feature" EQ "$2",
+		2, {TEXTOID, TEXTOID}
+	},
+	[TM_PLAN_SUMS] = {
+		"SELECT (SELECT COALESCE(pg_catalog.sum(u.amount), 0) FROM tiermeter.usage_log u"
+		"         WHERE u.org_id" EQ "$1 AND u.feature" EQ "$2"
+		"           AND u.occurred_at" GE "$3 AND u.occurred_at" LT "$4)::pg_catalog.int8,"
+		"       (SELECT COALESCE(pg_catalog.sum(g.amount), 0) FROM tiermeter.usage_grants g"
+		"         WHERE g.org_id" EQ "$1 AND g.feature" EQ "$2"
+		"           AND g.granted_at" GE "$5 AND g.granted_at" LT "$6)::pg_catalog.int8",
+		6, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[TM_PLAN_CREATE_ORG] = {
+		"INSERT INTO tiermeter.orgs (org_id, tier_id, billing_anchor, period_start, period_end)"
+		" SELECT $1, d.tier_id, $2, $3, $4 FROM tiermeter.tiers d WHERE d.is_default"
+		" ON CONFLICT (org_id) DO NOTHING",
+		4, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[TM_PLAN_INSERT_USAGE] = {
+		"INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at, conversation_id)"
+		" VALUES ($1, $2, $3, $4, $5)",
+		5, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[TM_PLAN_INSERT_USAGE_KEYED] = {
+		"INSERT INTO tiermeter.usage_log"
+		"       (org_id, feature, amount, occurred_at, conversation_id, idempotency_key)"
+		" VALUES ($1, $2, $3, $4, $5, $6)"
+		" ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+		6, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID}
+	},
+	[TM_PLAN_KEY_EXISTS] = {
+		"SELECT 1 FROM tiermeter.usage_log u"
+		" WHERE u.org_id" EQ "$1 AND u.idempotency_key" EQ "$2",
+		2, {TEXTOID, TEXTOID}
+	},
+};
+
+static SPIPlanPtr plans[TM_NUM_PLANS];
+
+/* The owner of the tiermeter schema, as whom all table access runs. */
+static Oid	tm_owner = InvalidOid;
+static bool tm_owner_callback = false;
+
+static void
+tm_owner_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	tm_owner = InvalidOid;
+}
+
+static Oid
+tm_get_owner(void)
+{
+	if (!OidIsValid(tm_owner))
+	{
+		Oid			nsp = get_namespace_oid("tiermeter", false);
+		HeapTuple	tup;
+
+		tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for namespace %u", nsp);
+		tm_owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+		ReleaseSysCache(tup);
+
+		if (!tm_owner_callback)
+		{
+			CacheRegisterSyscacheCallback(NAMESPACEOID, tm_owner_invalidate, (Datum) 0);
+			tm_owner_callback = true;
+		}
+	}
+	return tm_owner;
+}
+
+/*
+ * Connect to SPI and act as the schema owner until tm_spi_end().  On error
+ * the transaction machinery restores the user id.
+ */
+void
+tm_spi_begin(TmOwnerSave *save)
+{
+	Oid			owner = tm_get_owner();
+
+	GetUserIdAndSecContext(&save->save_userid, &save->save_sec_context);
+	SetUserIdAndSecContext(owner, save->save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "tiermeter: SPI_connect failed");
+}
+
+void
+tm_spi_end(TmOwnerSave *save)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(save->save_userid, save->save_sec_context);
+}
+
+SPIPlanPtr
+tm_plan(TmPlanId id)
+{
+	if (plans[id] == NULL)
+	{
+		const TmPlanDef *def = &plan_defs[id];
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
+		if (plan == NULL)
+			elog(ERROR, "tiermeter: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "tiermeter: SPI_keepplan failed");
+		plans[id] = plan;
+	}
+	return plans[id];
+}
+
+/*----------------------------------------------------------------------
+ * Argument validation
+ *----------------------------------------------------------------------
+ */
+
+/* A required id: NULL is 22004, empty is 22023. */
+char *
+tm_arg_id(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	char	   *s;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tiermeter: %s must not be NULL", what)));
+	s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (s[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: %s must not be empty", what)));
+	return s;
+}
+
+/* An optional id: NULL is fine, empty is 22023. */
+char *
+tm_arg_text_or_null(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	return tm_arg_id(fcinfo, argno, what);
+}
+
+void
+tm_check_amount(int64 amount, bool is_gauge, const char *feature)
+{
+	if (!is_gauge && amount < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: amount must not be negative for a period feature"),
+				 errdetail("amount = " INT64_FORMAT ", feature \"%s\"", amount, feature),
+				 errhint("Only gauge features take negative deltas.")));
+	if (amount > TM_MAX_AMOUNT || amount < -TM_MAX_AMOUNT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: amount is out of range"),
+				 errdetail("amount = " INT64_FORMAT ", the limit is 10^12", amount)));
+}
+
+/* The known values of a config column, for a HINT. */
+static char *
+tm_known(const char *sql)
+{
+	char	   *known = NULL;
+
+	if (SPI_execute(sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		known = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	return known ? known : "(none)";
+}
+
+static void
+tm_unknown_feature(const char *feature)
+{
+	char	   *known = tm_known("SELECT pg_catalog.string_agg(feature, ', ' ORDER BY feature)"
+								 " FROM tiermeter.features");
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("tiermeter: unknown feature \"%s\"", feature),
+			 errhint("Known features: %s.", known)));
+}
+
+/*----------------------------------------------------------------------
+ * The org / feature / quota lookup
+ *----------------------------------------------------------------------
+ */
+
+static char *
+tm_getstr(HeapTuple tup, TupleDesc desc, int col, MemoryContext cxt)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (isnull)
+		return NULL;
+	return MemoryContextStrdup(cxt, TextDatumGetCString(d));
+}
+
+static TimestampTz
+tm_now(void)
+{
+	return GetCurrentTransactionStartTimestamp();
+}
+
+/*
+ * Reads the org (or the default tier, for an unknown org), the feature and
+ * its quota, and the current period.  Strings are copied into result_cxt so
+ * they outlive SPI_finish().
+ */
+void
+tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
+		  bool read_only, MemoryContext result_cxt)
+{
+	Datum		values[2];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	TimestampTz now = tm_now();
+
+	values[0] = CStringGetTextDatum(org_id);
+	values[1] = CStringGetTextDatum(feature);
+	if (SPI_execute_plan(tm_plan(TM_PLAN_LOOKUP), values, NULL, read_only, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tiermeter: lookup failed");
+	if (SPI_processed == 0)
+		tm_unknown_feature(feature);
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	of->org_id = MemoryContextStrdup(result_cxt, org_id);
+	of->feature = MemoryContextStrdup(result_cxt, feature);
+	of->is_gauge = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
+	of->tier_id = tm_getstr(tup, desc, 2, result_cxt);
+	if (of->tier_id == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tiermeter: there is no default tier"),
+				 errhint("Set is_default = true on one row of tiermeter.tiers.")));
+	of->org_exists = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+
+	if (of->org_exists)
+	{
+		of->anchor = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		of->stored.start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+		of->stored.end = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+		of->period = tm_period_containing(of->anchor, now, true,
+										  of->stored.start, of->stored.end);
+	}
+	else
+	{
+		/* a new org: anchored at the first of this calendar month, UTC */
+		of->anchor = tm_month_start_utc(now);
+		of->period = tm_period_containing(of->anchor, now, false, 0, 0);
+		of->stored = of->period;
+	}
+
+	of->unlimited = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	d = SPI_getbinval(tup, desc, 8, &isnull);
+	of->base_quota = isnull ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	of->has_warning = !isnull;
+	of->warning_percent = isnull ? 0 : DatumGetInt32(d);
+}
+
+/* Creates the org on the default tier if the lookup did not find it. */
+void
+tm_ensure_org(TmOrgFeature *of)
+{
+	Datum		values[4];
+
+	if (of->org_exists)
+		return;
+	values[0] = CStringGetTextDatum(of->org_id);
+	values[1] = TimestampTzGetDatum(of->anchor);
+	values[2] = TimestampTzGetDatum(of->stored.start);
+	values[3] = TimestampTzGetDatum(of->stored.end);
+	if (SPI_execute_plan(tm_plan(TM_PLAN_CREATE_ORG), values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "tiermeter: creating org failed");
+	of->org_exists = true;
+}
+
+/*
+ * Usage and grants of the current period (usage of all time for a gauge).
+ * With a snapshot (consume, under its lock) the sums see every committed
+ * row, whatever the isolation level.
+ */
+TmSums
+tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only)
+{
+	Datum		values[6];
+	TmSums		sums;
+	bool		isnull;
+	int			rc;
+
+	values[0] = CStringGetTextDatum(of->org_id);
+	values[1] = CStringGetTextDatum(of->feature);
+	values[2] = TimestampTzGetDatum(of->is_gauge ? DT_NOBEGIN : of->period.start);
+	values[3] = TimestampTzGetDatum(of->is_gauge ? DT_NOEND : of->period.end);
+	values[4] = TimestampTzGetDatum(of->period.start);
+	values[5] = TimestampTzGetDatum(of->period.end);
+
+	if (snapshot != InvalidSnapshot)
+		rc = SPI_execute_snapshot(tm_plan(TM_PLAN_SUMS), values, NULL,
+								  snapshot, InvalidSnapshot, false, false, 1);
+	else
+		rc = SPI_execute_plan(tm_plan(TM_PLAN_SUMS), values, NULL, read_only, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "tiermeter: usage sum failed");
+
+	sums.used = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	sums.granted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return sums;
+}
+
+/*----------------------------------------------------------------------
+ * SQL-callable helpers for the admin functions (SQL, in the install script)
+ *----------------------------------------------------------------------
+ */
+
+/* _ensure_org(org_id): validates the id, creates the org if unknown. */
+Datum
+tiermeter_ensure_org(PG_FUNCTION_ARGS)
+{
+	char	   *org_id = tm_arg_id(fcinfo, 0, "org_id");
+	TmOwnerSave save;
+	TmOrgFeature of;
+
+	tm_spi_begin(&save);
+	tm_lookup(&of, org_id, "conversation_seconds", false, CurrentMemoryContext);
+	tm_ensure_org(&of);
+	tm_spi_end(&save);
+	PG_RETURN_VOID();
+}
+
+/* _require_feature(feature): errors unless it exists; returns its kind. */
+Datum
+tiermeter_require_feature(PG_FUNCTION_ARGS)
+{
+	char	   *feature = tm_arg_id(fcinfo, 0, "feature");
+	TmOwnerSave save;
+	Datum		arg = CStringGetTextDatum(feature);
+	Oid			argtype = TEXTOID;
+	char	   *kind = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	tm_spi_begin(&save);
+	if (SPI_execute_with_args("SELECT kind FROM tiermeter.features WHERE feature" EQ "$1",
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tiermeter: feature lookup failed");
+	if (SPI_processed == 0)
+		tm_unknown_feature(feature);
+	kind = tm_getstr(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, cxt);
+	tm_spi_end(&save);
+	PG_RETURN_TEXT_P(cstring_to_text(kind));
+}
+
+/* _require_tier(tier_id): errors unless the tier exists. */
+Datum
+tiermeter_require_tier(PG_FUNCTION_ARGS)
+{
+	char	   *tier_id = tm_arg_id(fcinfo, 0, "tier_id");
+	TmOwnerSave save;
+	Datum		arg = CStringGetTextDatum(tier_id);
+	Oid			argtype = TEXTOID;
+
+	tm_spi_begin(&save);
+	if (SPI_execute_with_args("SELECT 1 FROM tiermeter.tiers WHERE tier_id" EQ "$1",
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tiermeter: tier lookup failed");
+	if (SPI_processed == 0)
+	{
+		char	   *known = tm_known("SELECT pg_catalog.string_agg(tier_id, ', ' ORDER BY rank)"
+									 " FROM tiermeter.tiers");
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: unknown tier \"%s\"", tier_id),
+				 errhint("Known tiers: %s.", known)));
+	}
+	tm_spi_end(&save);
+	PG_RETURN_VOID();
+}
+
+/* _require_amount(amount, feature, is_gauge): errors unless valid. */
+Datum
+tiermeter_require_amount(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tiermeter: amount must not be NULL")));
+	tm_check_amount(PG_GETARG_INT64(0), PG_GETARG_BOOL(2),
+					text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,120 @@
+/*
+ * status.c
+ *		Building a tiermeter.limit_status value (SPEC §3 "Result types").
+ */
+#include "tiermeter.h"
+
+#include "access/htup_details.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+enum
+{
+	LS_ORG_ID,
+	LS_TIER,
+	LS_FEATURE,
+	LS_ALLOWED,
+	LS_REASON,
+	LS_USED,
+	LS_QUOTA,
+	LS_REMAINING,
+	LS_PERCENT_USED,
+	LS_WARNING,
+	LS_UNLIMITED,
+	LS_PERIOD_START,
+	LS_PERIOD_END,
+	LS_NATTS
+};
+
+/* round(100 * used / quota, 2), in hundredths, half away from zero */
+static int64
+tm_percent_hundredths(int64 used, int64 quota)
+{
+	int128		num = (int128) used * 10000;
+	int128		q = num / quota;
+	int128		r = num % quota;
+
+	if (r < 0)
+		r = -r;
+	if (2 * r >= quota)
+		q += (num < 0) ? -1 : 1;
+	return (int64) q;
+}
+
+Datum
+tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
+				const TmSums *sums, TmReason mode)
+{
+	TupleDesc	tupdesc;
+	Datum		values[LS_NATTS];
+	bool		nulls[LS_NATTS];
+	int64		quota = 0;
+	int64		pct;
+	bool		allowed;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "tiermeter: return type must be a row type");
+	if (tupdesc->natts != LS_NATTS)
+		elog(ERROR, "tiermeter: limit_status has %d columns, expected %d",
+			 tupdesc->natts, LS_NATTS);
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	memset(nulls, 0, sizeof(nulls));
+
+	if (!of->unlimited &&
+		pg_add_s64_overflow(of->base_quota, sums->granted, &quota))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("tiermeter: quota out of range")));
+
+	switch (mode)
+	{
+		case TM_REASON_RECORDED:
+			allowed = true;
+			break;
+		case TM_REASON_REFUSED:
+			allowed = false;
+			break;
+		default:
+			allowed = of->unlimited || sums->used < quota;
+			break;
+	}
+
+	if (of->unlimited)
+		pct = 0;
+	else if (quota == 0)
+		pct = 10000;
+	else
+		pct = tm_percent_hundredths(sums->used, quota);
+
+	values[LS_ORG_ID] = CStringGetTextDatum(of->org_id);
+	values[LS_TIER] = CStringGetTextDatum(of->tier_id);
+	values[LS_FEATURE] = CStringGetTextDatum(of->feature);
+	values[LS_ALLOWED] = BoolGetDatum(allowed);
+	if (allowed)
+		nulls[LS_REASON] = true;
+	else
+		values[LS_REASON] = CStringGetTextDatum(quota == 0 ? "not_included" : "limit_exceeded");
+	values[LS_USED] = Int64GetDatum(sums->used);
+	if (of->unlimited)
+	{
+		nulls[LS_QUOTA] = true;
+		nulls[LS_REMAINING] = true;
+	}
+	else
+	{
+		values[LS_QUOTA] = Int64GetDatum(quota);
+		values[LS_REMAINING] = Int64GetDatum(quota > sums->used ? quota - sums->used : 0);
+	}
+	values[LS_PERCENT_USED] = NumericGetDatum(int64_div_fast_to_numeric(pct, 2));
+	values[LS_WARNING] = BoolGetDatum(!of->unlimited && of->has_warning &&
+									  pct >= (int64) of->warning_percent * 100);
+	values[LS_UNLIMITED] = BoolGetDatum(of->unlimited);
+	values[LS_PERIOD_START] = TimestampTzGetDatum(of->period.start);
+	values[LS_PERIOD_END] = TimestampTzGetDatum(of->period.end);
+
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}

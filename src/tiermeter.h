@@ -1,0 +1,111 @@
+/*
+ * tiermeter.h
+ *		Shared declarations of the tiermeter extension.
+ *
+ * One concern per C file:
+ *	tiermeter.c	module entry, GUCs
+ *	period.c	billing period arithmetic (anchored months, UTC)
+ *	catalog.c	SPI plumbing: saved plans, running as the extension owner,
+ *				the org/feature/quota lookup, argument validation
+ *	status.c	building a limit_status value
+ *	limits.c	check_org_limits
+ *	usage.c		record_usage, consume
+ *	format.c	format_duration
+ */
+#ifndef TIERMETER_H
+#define TIERMETER_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+
+/* amounts and quotas are bounded by 10^12 (SPEC "Errors") */
+#define TM_MAX_AMOUNT	INT64CONST(1000000000000)
+
+/* usage may be dated at most this far ahead of now() */
+#define TM_MAX_FUTURE_USECS	(5 * 60 * USECS_PER_SEC)
+
+/* GUCs (tiermeter.c) */
+extern int	tm_idle_timeout;
+
+/* period.c */
+typedef struct TmPeriod
+{
+	TimestampTz start;
+	TimestampTz end;
+} TmPeriod;
+
+extern TimestampTz tm_month_start_utc(TimestampTz t);
+extern TimestampTz tm_add_months_utc(TimestampTz anchor, int months);
+extern TmPeriod tm_period_containing(TimestampTz anchor, TimestampTz at,
+									 bool has_stored, TimestampTz stored_start,
+									 TimestampTz stored_end);
+
+/* catalog.c */
+typedef enum TmPlanId
+{
+	TM_PLAN_LOOKUP,
+	TM_PLAN_SUMS,
+	TM_PLAN_CREATE_ORG,
+	TM_PLAN_INSERT_USAGE,
+	TM_PLAN_INSERT_USAGE_KEYED,
+	TM_PLAN_KEY_EXISTS,
+	TM_NUM_PLANS
+} TmPlanId;
+
+/* What one call needs to know about an org and a feature. */
+typedef struct TmOrgFeature
+{
+	char	   *org_id;			/* palloc'd in the caller's context */
+	char	   *feature;
+	char	   *tier_id;
+	bool		org_exists;
+	bool		is_gauge;
+	TimestampTz anchor;			/* billing anchor */
+	TmPeriod	stored;			/* the org's stored current period */
+	bool		unlimited;
+	int64		base_quota;		/* tier quota or override, when !unlimited */
+	bool		has_warning;	/* is there a threshold below 100? */
+	int32		warning_percent;
+	TmPeriod	period;			/* the period containing now() */
+} TmOrgFeature;
+
+/* Usage and grants summed for one org, feature and period. */
+typedef struct TmSums
+{
+	int64		used;
+	int64		granted;
+} TmSums;
+
+typedef struct TmOwnerSave
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} TmOwnerSave;
+
+extern void tm_spi_begin(TmOwnerSave *save);
+extern void tm_spi_end(TmOwnerSave *save);
+extern SPIPlanPtr tm_plan(TmPlanId id);
+
+extern char *tm_arg_id(FunctionCallInfo fcinfo, int argno, const char *what);
+extern char *tm_arg_text_or_null(FunctionCallInfo fcinfo, int argno, const char *what);
+extern void tm_check_amount(int64 amount, bool is_gauge, const char *feature);
+extern void tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
+					  bool read_only, MemoryContext result_cxt);
+extern void tm_ensure_org(TmOrgFeature *of);
+extern TmSums tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only);
+
+/* status.c */
+typedef enum TmReason
+{
+	TM_REASON_AUTO,				/* derive allowed/reason from used vs quota */
+	TM_REASON_RECORDED,			/* consume recorded it: allowed, no reason */
+	TM_REASON_REFUSED			/* consume refused it: not allowed */
+} TmReason;
+
+extern Datum tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
+							 const TmSums *sums, TmReason mode);
+
+#endif							/* TIERMETER_H */
