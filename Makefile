@@ -16,6 +16,7 @@ OBJS = \
 	src/status.o \
 	src/limits.o \
 	src/usage.o \
+	src/cache.o \
 	src/format.o
 
 DATA = $(wildcard sql/tiermeter--*.sql)
@@ -51,3 +52,8 @@ demo: setup
 test: setup
 	@$(MAKE) --no-print-directory all install
 	@scripts/test.sh
+
+.PHONY: bench
+bench: setup
+	@$(MAKE) --no-print-directory all install >/dev/null
+	@bench/run.sh

@@ -32,8 +32,8 @@ rm -rf results output_iso regression.diffs regression.out
 
 suite "pg_regress + isolation, library preloaded" \
 	pg_virtualenv -v 15 -o "$PRELOAD" make -s installcheck
-suite "pg_regress, library not preloaded" \
-	pg_virtualenv -v 15 make -s installcheck ISOLATION=
+suite "pg_regress + isolation, library not preloaded" \
+	pg_virtualenv -v 15 make -s installcheck
 suite "pgTAP (pg_prove test/pgtap)" \
 	pg_virtualenv -v 15 -o "$PRELOAD" scripts/pgtap.sh
 suite "docs (examples of docs/reference.md)" \

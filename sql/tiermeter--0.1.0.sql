@@ -333,6 +333,46 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
+-- The shared-memory cache (src/cache.c) learns of config changes at commit.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._invalidate() RETURNS trigger
+AS 'MODULE_PATHNAME', 'tiermeter_invalidate_trigger' LANGUAGE C;
+CREATE FUNCTION @extschema@._invalidate_database() RETURNS void
+AS 'MODULE_PATHNAME', 'tiermeter_invalidate_database' LANGUAGE C;
+
+-- config tables: any change invalidates every org
+CREATE TRIGGER tiers_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.tiers
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER features_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.features
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER tier_quotas_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.tier_quotas
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER alert_thresholds_invalidate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.alert_thresholds
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+-- per-org tables: a change invalidates that org (new orgs and new usage
+-- rows need nothing: the functions that write them update the cache)
+CREATE TRIGGER orgs_invalidate AFTER UPDATE OR DELETE ON @extschema@.orgs
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER org_quotas_invalidate AFTER INSERT OR UPDATE OR DELETE ON @extschema@.org_quotas
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER usage_grants_invalidate AFTER INSERT OR UPDATE OR DELETE ON @extschema@.usage_grants
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER usage_log_invalidate AFTER UPDATE OR DELETE ON @extschema@.usage_log
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER orgs_truncate_invalidate AFTER TRUNCATE ON @extschema@.orgs
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER org_quotas_truncate_invalidate AFTER TRUNCATE ON @extschema@.org_quotas
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER usage_grants_truncate_invalidate AFTER TRUNCATE ON @extschema@.usage_grants
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER usage_log_truncate_invalidate AFTER TRUNCATE ON @extschema@.usage_log
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
+
+-- entries left from an earlier install in this database are stale
+SELECT @extschema@._invalidate_database();
+
+------------------------------------------------------------------------------
 -- Nothing is granted to PUBLIC.
 ------------------------------------------------------------------------------
 
@@ -368,6 +408,8 @@ COMMENT ON FUNCTION @extschema@._ensure_org(text) IS 'Internal: validates an org
 COMMENT ON FUNCTION @extschema@._require_feature(text) IS 'Internal: errors unless the feature exists; returns its kind.';
 COMMENT ON FUNCTION @extschema@._require_tier(text) IS 'Internal: errors unless the tier exists.';
 COMMENT ON FUNCTION @extschema@._require_amount(bigint, text, boolean) IS 'Internal: errors unless the amount is valid for a feature of that kind.';
+COMMENT ON FUNCTION @extschema@._invalidate() IS 'Trigger: tells the shared-memory cache at commit which orgs (or all) changed.';
+COMMENT ON FUNCTION @extschema@._invalidate_database() IS 'Internal: drops every cache entry of this database when the transaction commits.';
 COMMENT ON FUNCTION @extschema@.set_org_tier(text, text) IS 'Moves an org to a tier at once; usage is kept; writes a tier_changed event.';
 COMMENT ON FUNCTION @extschema@.set_org_quota(text, text, bigint) IS 'Overrides the tier quota of one feature for one org (NULL = unlimited).';
 COMMENT ON FUNCTION @extschema@.grant_usage(text, bigint, text, text) IS 'Grants extra quota of a period feature for the current period.';

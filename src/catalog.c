@@ -270,8 +270,9 @@ tm_now(void)
  */
 void
 tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
-		  bool read_only, MemoryContext result_cxt)
+		  Snapshot snapshot, MemoryContext result_cxt)
 {
+	int			rc;
 	Datum		values[2];
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -281,7 +282,12 @@ tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 
 	values[0] = CStringGetTextDatum(org_id);
 	values[1] = CStringGetTextDatum(feature);
-	if (SPI_execute_plan(tm_plan(TM_PLAN_LOOKUP), values, NULL, read_only, 1) != SPI_OK_SELECT)
+	if (snapshot != InvalidSnapshot)
+		rc = SPI_execute_snapshot(tm_plan(TM_PLAN_LOOKUP), values, NULL,
+								  snapshot, InvalidSnapshot, true, false, 1);
+	else
+		rc = SPI_execute_plan(tm_plan(TM_PLAN_LOOKUP), values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "tiermeter: lookup failed");
 	if (SPI_processed == 0)
 		tm_unknown_feature(feature);
@@ -324,14 +330,17 @@ tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 	of->warning_percent = isnull ? 0 : DatumGetInt32(d);
 }
 
-/* Creates the org on the default tier if the lookup did not find it. */
-void
+/*
+ * Creates the org on the default tier if the lookup did not find it; true if
+ * this call inserted it.
+ */
+bool
 tm_ensure_org(TmOrgFeature *of)
 {
 	Datum		values[4];
 
 	if (of->org_exists)
-		return;
+		return false;
 	values[0] = CStringGetTextDatum(of->org_id);
 	values[1] = TimestampTzGetDatum(of->anchor);
 	values[2] = TimestampTzGetDatum(of->stored.start);
@@ -339,6 +348,7 @@ tm_ensure_org(TmOrgFeature *of)
 	if (SPI_execute_plan(tm_plan(TM_PLAN_CREATE_ORG), values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "tiermeter: creating org failed");
 	of->org_exists = true;
+	return SPI_processed > 0;
 }
 
 /*
@@ -363,7 +373,7 @@ tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only)
 
 	if (snapshot != InvalidSnapshot)
 		rc = SPI_execute_snapshot(tm_plan(TM_PLAN_SUMS), values, NULL,
-								  snapshot, InvalidSnapshot, false, false, 1);
+								  snapshot, InvalidSnapshot, read_only, false, 1);
 	else
 		rc = SPI_execute_plan(tm_plan(TM_PLAN_SUMS), values, NULL, read_only, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
@@ -388,7 +398,7 @@ tiermeter_ensure_org(PG_FUNCTION_ARGS)
 	TmOrgFeature of;
 
 	tm_spi_begin(&save);
-	tm_lookup(&of, org_id, "conversation_seconds", false, CurrentMemoryContext);
+	tm_lookup(&of, org_id, "conversation_seconds", InvalidSnapshot, CurrentMemoryContext);
 	tm_ensure_org(&of);
 	tm_spi_end(&save);
 	PG_RETURN_VOID();

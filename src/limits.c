@@ -4,7 +4,9 @@
  *
  * Read-only: it writes nothing, so it works in READ ONLY transactions and on
  * a hot standby.  An unknown org is answered as a new org on the default
- * tier.
+ * tier.  With the library preloaded it answers from the shared-memory cache
+ * without touching a table; otherwise, in recovery, or after this
+ * transaction changed the org's config, from the tables.
  */
 #include "tiermeter.h"
 
@@ -19,11 +21,26 @@ tiermeter_check_org_limits(PG_FUNCTION_ARGS)
 	TmOwnerSave save;
 	TmOrgFeature of;
 	TmSums		sums;
+	TmCacheKey	key;
+	uint32		hash;
 
-	tm_spi_begin(&save);
-	tm_lookup(&of, org_id, feature, true, cxt);
-	sums = tm_sums(&of, InvalidSnapshot, true);
-	tm_spi_end(&save);
+	if (tm_cache_enabled() && !tm_cache_bypass(org_id) &&
+		tm_cache_key(&key, org_id, feature, &hash))
+	{
+		if (!tm_cache_get(&key, hash, org_id, feature, &of, &sums, cxt))
+		{
+			tm_spi_begin(&save);
+			(void) tm_cache_build(&key, hash, org_id, feature, &of, &sums, cxt);
+			tm_spi_end(&save);
+		}
+	}
+	else
+	{
+		tm_spi_begin(&save);
+		tm_lookup(&of, org_id, feature, InvalidSnapshot, cxt);
+		sums = tm_sums(&of, InvalidSnapshot, true);
+		tm_spi_end(&save);
+	}
 
 	PG_RETURN_DATUM(tm_status_datum(fcinfo, &of, &sums, TM_REASON_AUTO));
 }

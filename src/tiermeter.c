@@ -7,6 +7,7 @@
  */
 #include "tiermeter.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
@@ -30,6 +31,24 @@ _PG_init(void)
 							NULL,
 							NULL,
 							NULL);
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("tiermeter.cache_size",
+								"Entries of the shared-memory counter cache (one per org and feature).",
+								"When it is full, the least recently used entries are evicted.",
+								&tm_cache_size,
+								100000,
+								16,
+								INT_MAX / 1024,
+								PGC_POSTMASTER,
+								0,
+								NULL,
+								NULL,
+								NULL);
+		tm_cache_init();
+	}
+	tm_cache_register_callbacks();
 
 	MarkGUCPrefixReserved("tiermeter");
 }

@@ -27,8 +27,9 @@
 /* usage may be dated at most this far ahead of now() */
 #define TM_MAX_FUTURE_USECS	(5 * 60 * USECS_PER_SEC)
 
-/* GUCs (tiermeter.c) */
+/* GUCs (tiermeter.c, cache.c) */
 extern int	tm_idle_timeout;
+extern int	tm_cache_size;
 
 /* period.c */
 typedef struct TmPeriod
@@ -93,8 +94,9 @@ extern char *tm_arg_id(FunctionCallInfo fcinfo, int argno, const char *what);
 extern char *tm_arg_text_or_null(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void tm_check_amount(int64 amount, bool is_gauge, const char *feature);
 extern void tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
-					  bool read_only, MemoryContext result_cxt);
-extern void tm_ensure_org(TmOrgFeature *of);
+					  Snapshot snapshot, MemoryContext result_cxt);
+extern bool tm_ensure_org(TmOrgFeature *of);
+extern Snapshot tm_latest_snapshot(void);
 extern TmSums tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only);
 
 /* status.c */
@@ -107,5 +109,42 @@ typedef enum TmReason
 
 extern Datum tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 							 const TmSums *sums, TmReason mode);
+
+/* cache.c: the shared-memory counter cache */
+#define TM_KEY_LEN 64			/* longer org ids and features are not cached */
+
+typedef struct TmCacheKey
+{
+	Oid			dbid;
+	char		org_id[TM_KEY_LEN];
+	char		feature[TM_KEY_LEN];
+} TmCacheKey;
+
+typedef enum TmReserve
+{
+	TM_RESERVE_OK,
+	TM_RESERVE_REFUSED,
+	TM_RESERVE_MISS
+} TmReserve;
+
+extern void tm_cache_init(void);
+extern void tm_cache_register_callbacks(void);
+extern bool tm_cache_enabled(void);
+extern bool tm_cache_bypass(const char *org_id);
+extern bool tm_cache_key(TmCacheKey *key, const char *org_id, const char *feature,
+						 uint32 *hash);
+extern bool tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
+						 const char *feature, TmOrgFeature *of, TmSums *sums,
+						 MemoryContext cxt);
+extern bool tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
+						   const char *feature, TmOrgFeature *of, TmSums *sums,
+						   MemoryContext cxt);
+extern TmReserve tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
+								  const TmOrgFeature *of, TmSums *sums);
+extern bool tm_cache_reserve_fallback(const TmCacheKey *key, uint32 hash, int64 amount);
+extern void tm_cache_unreserve(const TmCacheKey *key, uint32 hash, int64 amount);
+extern void tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
+						  int64 amount, TimestampTz occurred_at, bool created_org);
+extern int64 tm_cache_reserved_by_others(const TmCacheKey *key, uint32 hash);
 
 #endif							/* TIERMETER_H */

@@ -3,8 +3,14 @@
  *		record_usage and consume: writing to the usage ledger.
  *
  * record_usage appends one row and takes no lock beyond the insert itself,
- * so any number of writers of one org proceed in parallel.  consume must not
- * pass the quota, so it serializes the consumers of one (org, feature) on a
+ * so any number of writers of one org proceed in parallel; with the cache
+ * (cache.c) it reads nothing either, and its amount reaches the shared
+ * counter when the transaction commits.
+ *
+ * consume must not pass the quota.  With the cache it reserves the amount in
+ * shared memory against used + reserved, and the commit turns the
+ * reservation into usage.  On the table path (no preload, or no current
+ * entry) it serializes the consumers of one (org, feature) on a
  * transaction-level advisory lock and sums under the latest snapshot: a
  * consumer that gets the lock sees everything its predecessors committed,
  * whatever the isolation level.
@@ -25,10 +31,91 @@ PG_FUNCTION_INFO_V1(tiermeter_consume);
 /* advisory lock tags with field4 = 1 or 2 are SQL's; tiermeter uses 3 */
 #define TM_LOCK_SPACE	3
 
+/* One call of record_usage or consume. */
+typedef struct TmCall
+{
+	char	   *org_id;
+	char	   *feature;
+	char	   *conversation_id;
+	char	   *key;
+	int64		amount;
+	MemoryContext cxt;
+	TmOrgFeature of;
+	TmSums		sums;			/* with the cache: before this call */
+	bool		cached;
+	bool		reserved;		/* holds a reservation in the cache */
+	TmCacheKey	ckey;
+	uint32		hash;
+} TmCall;
+
+static void
+tm_call_args(TmCall *c, FunctionCallInfo fcinfo)
+{
+	c->org_id = tm_arg_id(fcinfo, 0, "org_id");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tiermeter: amount must not be NULL")));
+	c->amount = PG_GETARG_INT64(1);
+	c->feature = tm_arg_id(fcinfo, 2, "feature");
+	c->conversation_id = tm_arg_text_or_null(fcinfo, 3, "conversation_id");
+	c->key = tm_arg_text_or_null(fcinfo, 4, "idempotency_key");
+	c->cxt = CurrentMemoryContext;
+	c->reserved = false;
+}
+
+/* Inside SPI: the org, feature and quota, from the cache when it can. */
+static void
+tm_call_load(TmCall *c)
+{
+	c->cached = tm_cache_enabled() && !tm_cache_bypass(c->org_id) &&
+		tm_cache_key(&c->ckey, c->org_id, c->feature, &c->hash);
+	if (c->cached)
+	{
+		if (!tm_cache_get(&c->ckey, c->hash, c->org_id, c->feature, &c->of, &c->sums, c->cxt))
+			(void) tm_cache_build(&c->ckey, c->hash, c->org_id, c->feature,
+								  &c->of, &c->sums, c->cxt);
+	}
+	else
+		tm_lookup(&c->of, c->org_id, c->feature, InvalidSnapshot, c->cxt);
+	tm_check_amount(c->amount, c->of.is_gauge, c->feature);
+}
+
+/* With the cache: the current answer again (after waiting for another call). */
+static void
+tm_call_refresh(TmCall *c)
+{
+	if (c->cached &&
+		!tm_cache_get(&c->ckey, c->hash, c->org_id, c->feature, &c->of, &c->sums, c->cxt))
+		(void) tm_cache_build(&c->ckey, c->hash, c->org_id, c->feature,
+							  &c->of, &c->sums, c->cxt);
+}
+
+/*
+ * Creates the org if unknown; true if this call created it.  Another call
+ * creating it at the same time makes this one wait for it: answer anew.
+ */
+static bool
+tm_call_ensure_org(TmCall *c)
+{
+	bool		was_known = c->of.org_exists;
+	bool		created = tm_ensure_org(&c->of);
+
+	if (!was_known && !created)
+		tm_call_refresh(c);
+	return created;
+}
+
+static bool
+tm_in_period(const TmOrgFeature *of, TimestampTz t)
+{
+	return of->is_gauge || (of->period.start <= t && t < of->period.end);
+}
+
 /*
  * Serializes the writers that must see each other's committed usage of one
- * (org, feature): consume, and negative gauge deltas.  Held to the end of
- * the transaction.  Returns the snapshot to sum under.
+ * (org, feature) on the table path: consume, and negative gauge deltas.
+ * Held to the end of the transaction.  Returns the snapshot to sum under.
  */
 static Snapshot
 tm_lock_org_feature(const TmOrgFeature *of)
@@ -46,7 +133,13 @@ tm_lock_org_feature(const TmOrgFeature *of)
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, TM_LOCK_SPACE);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 
-	/* our own earlier writes in this transaction must be visible too */
+	return tm_latest_snapshot();
+}
+
+/* The latest snapshot, with our own earlier writes visible. */
+Snapshot
+tm_latest_snapshot(void)
+{
 	CommandCounterIncrement();
 	return GetLatestSnapshot();
 }
@@ -66,51 +159,56 @@ tm_key_exists(const TmOrgFeature *of, const char *key, Snapshot snapshot)
 
 /* Appends a ledger row; false if the idempotency key was already there. */
 static bool
-tm_insert_usage(const TmOrgFeature *of, int64 amount, TimestampTz occurred_at,
-				const char *conversation_id, const char *key)
+tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
 {
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	TmPlanId	plan = c->key ? TM_PLAN_INSERT_USAGE_KEYED : TM_PLAN_INSERT_USAGE;
 
-	values[0] = CStringGetTextDatum(of->org_id);
-	values[1] = CStringGetTextDatum(of->feature);
-	values[2] = Int64GetDatum(amount);
+	values[0] = CStringGetTextDatum(c->org_id);
+	values[1] = CStringGetTextDatum(c->feature);
+	values[2] = Int64GetDatum(c->amount);
 	values[3] = TimestampTzGetDatum(occurred_at);
-	if (conversation_id)
-		values[4] = CStringGetTextDatum(conversation_id);
+	if (c->conversation_id)
+		values[4] = CStringGetTextDatum(c->conversation_id);
 	else
 		nulls[4] = 'n';
-	if (key == NULL)
-	{
-		if (SPI_execute_plan(tm_plan(TM_PLAN_INSERT_USAGE), values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "tiermeter: recording usage failed");
-		return true;
-	}
-	values[5] = CStringGetTextDatum(key);
-	if (SPI_execute_plan(tm_plan(TM_PLAN_INSERT_USAGE_KEYED), values, nulls, false, 0) != SPI_OK_INSERT)
+	if (c->key)
+		values[5] = CStringGetTextDatum(c->key);
+	if (SPI_execute_plan(tm_plan(plan), values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "tiermeter: recording usage failed");
 	return SPI_processed > 0;
 }
 
+/* A negative gauge delta must not take the level below zero. */
 static void
-tm_check_gauge_floor(const TmOrgFeature *of, const TmSums *sums, int64 amount)
+tm_check_gauge_floor(TmCall *c)
 {
-	if (sums->used + amount < 0)
+	TmSums		s = tm_sums(&c->of, tm_lock_org_feature(&c->of), false);
+
+	if (s.used + c->amount < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tiermeter: gauge \"%s\" cannot go below zero", of->feature),
+				 errmsg("tiermeter: gauge \"%s\" cannot go below zero", c->feature),
 				 errdetail("The level is " INT64_FORMAT "; the delta is " INT64_FORMAT ".",
-						   sums->used, amount)));
+						   s.used, c->amount)));
 }
 
-static int64
-tm_arg_amount(FunctionCallInfo fcinfo, int argno)
+/* Records the row; with the cache, notes it for the commit. */
+static bool
+tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("tiermeter: amount must not be NULL")));
-	return PG_GETARG_INT64(argno);
+	bool		inserted = tm_insert_usage(c, occurred_at);
+
+	if (inserted && c->cached)
+	{
+		tm_cache_note(&c->ckey, c->hash, &c->of, c->amount, occurred_at, created_org);
+		if (tm_in_period(&c->of, occurred_at))
+			c->sums.used += c->amount;
+	}
+	else
+		tm_call_refresh(c);		/* a repeated key may have waited for its first call */
+	return inserted;
 }
 
 /*
@@ -120,18 +218,14 @@ tm_arg_amount(FunctionCallInfo fcinfo, int argno)
 Datum
 tiermeter_record_usage(PG_FUNCTION_ARGS)
 {
-	char	   *org_id = tm_arg_id(fcinfo, 0, "org_id");
-	int64		amount = tm_arg_amount(fcinfo, 1);
-	char	   *feature = tm_arg_id(fcinfo, 2, "feature");
-	char	   *conversation_id = tm_arg_text_or_null(fcinfo, 3, "conversation_id");
-	char	   *key = tm_arg_text_or_null(fcinfo, 4, "idempotency_key");
+	TmCall		c;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	TimestampTz occurred_at = PG_ARGISNULL(5) ? now : PG_GETARG_TIMESTAMPTZ(5);
-	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz occurred_at;
 	TmOwnerSave save;
-	TmOrgFeature of;
-	TmSums		sums;
+	bool		created;
 
+	tm_call_args(&c, fcinfo);
+	occurred_at = PG_ARGISNULL(5) ? now : PG_GETARG_TIMESTAMPTZ(5);
 	if (TIMESTAMP_NOT_FINITE(occurred_at))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -144,21 +238,35 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 						   (occurred_at - now) / USECS_PER_SEC)));
 
 	tm_spi_begin(&save);
-	tm_lookup(&of, org_id, feature, false, cxt);
-	tm_check_amount(amount, of.is_gauge, feature);
-
-	if (of.is_gauge && amount < 0)
-	{
-		sums = tm_sums(&of, tm_lock_org_feature(&of), false);
-		tm_check_gauge_floor(&of, &sums, amount);
-	}
-
-	tm_ensure_org(&of);
-	(void) tm_insert_usage(&of, amount, occurred_at, conversation_id, key);
-	sums = tm_sums(&of, InvalidSnapshot, false);
+	tm_call_load(&c);
+	if (c.of.is_gauge && c.amount < 0)
+		tm_check_gauge_floor(&c);
+	created = tm_call_ensure_org(&c);
+	(void) tm_record(&c, occurred_at, created);
+	if (!c.cached)
+		c.sums = tm_sums(&c.of, InvalidSnapshot, false);
 	tm_spi_end(&save);
 
-	PG_RETURN_DATUM(tm_status_datum(fcinfo, &of, &sums, TM_REASON_AUTO));
+	PG_RETURN_DATUM(tm_status_datum(fcinfo, &c.of, &c.sums, TM_REASON_AUTO));
+}
+
+/* consume's decision on the table path; reserves in the cache if enabled. */
+static TmReason
+tm_consume_table(TmCall *c)
+{
+	Snapshot	snapshot = tm_lock_org_feature(&c->of);
+	int64		others = c->cached ? tm_cache_reserved_by_others(&c->ckey, c->hash) : 0;
+	int64		quota;
+
+	c->sums = tm_sums(&c->of, snapshot, false);
+	if (c->of.unlimited)
+		return TM_REASON_RECORDED;
+	quota = c->of.base_quota + c->sums.granted;
+	if (quota == 0 || c->sums.used + others + c->amount > quota)
+		return TM_REASON_REFUSED;
+	if (c->cached)
+		c->reserved = tm_cache_reserve_fallback(&c->ckey, c->hash, c->amount);
+	return TM_REASON_RECORDED;
 }
 
 /*
@@ -171,52 +279,71 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 Datum
 tiermeter_consume(PG_FUNCTION_ARGS)
 {
-	char	   *org_id = tm_arg_id(fcinfo, 0, "org_id");
-	int64		amount = tm_arg_amount(fcinfo, 1);
-	char	   *feature = tm_arg_id(fcinfo, 2, "feature");
-	char	   *conversation_id = tm_arg_text_or_null(fcinfo, 3, "conversation_id");
-	char	   *key = tm_arg_text_or_null(fcinfo, 4, "idempotency_key");
+	TmCall		c;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	MemoryContext cxt = CurrentMemoryContext;
 	TmOwnerSave save;
-	TmOrgFeature of;
-	TmSums		sums;
-	Snapshot	snapshot;
 	TmReason	outcome = TM_REASON_RECORDED;
+	bool		created;
+
+	tm_call_args(&c, fcinfo);
 
 	tm_spi_begin(&save);
-	tm_lookup(&of, org_id, feature, false, cxt);
-	tm_check_amount(amount, of.is_gauge, feature);
-	tm_ensure_org(&of);
+	tm_call_load(&c);
+	created = tm_call_ensure_org(&c);
 
-	snapshot = tm_lock_org_feature(&of);
-	if (key != NULL && tm_key_exists(&of, key, snapshot))
+	if (c.key != NULL)
 	{
-		/* a replay: the first call was recorded */
-		sums = tm_sums(&of, snapshot, false);
-		tm_spi_end(&save);
-		PG_RETURN_DATUM(tm_status_datum(fcinfo, &of, &sums, TM_REASON_RECORDED));
+		Snapshot	snapshot = c.cached ? tm_latest_snapshot() : tm_lock_org_feature(&c.of);
+
+		if (tm_key_exists(&c.of, c.key, snapshot))
+		{
+			/* a replay: the first call was recorded */
+			if (!c.cached)
+				c.sums = tm_sums(&c.of, snapshot, false);
+			tm_spi_end(&save);
+			PG_RETURN_DATUM(tm_status_datum(fcinfo, &c.of, &c.sums, TM_REASON_RECORDED));
+		}
 	}
 
-	sums = tm_sums(&of, snapshot, false);
-	if (of.is_gauge && amount < 0)
-		tm_check_gauge_floor(&of, &sums, amount);
-	else if (!of.unlimited)
+	if (c.of.is_gauge && c.amount < 0)
+		tm_check_gauge_floor(&c);	/* releasing: always allowed */
+	else if (c.cached)
 	{
-		int64		quota = of.base_quota + sums.granted;
+		TmReserve	r = TM_RESERVE_MISS;
+		int			attempt;
 
-		if (quota == 0 || sums.used + amount > quota)
-			outcome = TM_REASON_REFUSED;
+		for (attempt = 0; attempt < 3 && r == TM_RESERVE_MISS; attempt++)
+		{
+			if (attempt > 0)
+				(void) tm_cache_build(&c.ckey, c.hash, c.org_id, c.feature,
+									  &c.of, &c.sums, c.cxt);
+			r = tm_cache_reserve(&c.ckey, c.hash, c.amount, &c.of, &c.sums);
+		}
+		if (r == TM_RESERVE_MISS)
+			outcome = tm_consume_table(&c);
+		else
+		{
+			outcome = (r == TM_RESERVE_OK) ? TM_REASON_RECORDED : TM_REASON_REFUSED;
+			/* tm_record adds the amount itself */
+			if (r == TM_RESERVE_OK)
+			{
+				c.sums.used -= c.amount;
+				c.reserved = true;
+			}
+		}
 	}
+	else
+		outcome = tm_consume_table(&c);
 
 	if (outcome == TM_REASON_RECORDED)
 	{
-		if (tm_insert_usage(&of, amount, now, conversation_id, key))
-			sums.used += amount;
-		else
-			sums = tm_sums(&of, GetLatestSnapshot(), false);	/* same key, other feature */
+		/* false: the same key, recorded meanwhile by another call */
+		if (!tm_record(&c, now, created) && c.reserved)
+			tm_cache_unreserve(&c.ckey, c.hash, c.amount);
+		if (!c.cached)
+			c.sums = tm_sums(&c.of, tm_latest_snapshot(), false);
 	}
 	tm_spi_end(&save);
 
-	PG_RETURN_DATUM(tm_status_datum(fcinfo, &of, &sums, outcome));
+	PG_RETURN_DATUM(tm_status_datum(fcinfo, &c.of, &c.sums, outcome));
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# make bench: pgbench scenarios of SPEC §4, side by side in one run, against a
+# throwaway cluster with tiermeter preloaded.  Prints TPS, p99 latency and the
+# ratio to each scenario's reference.  Not a test: nothing is asserted.
+#
+#   BENCH_SECONDS=10 BENCH_ORGS=100000 make bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PGPORT:-}" ]; then
+	exec pg_virtualenv -v 15 \
+		-o 'shared_preload_libraries=tiermeter,pg_cron' \
+		-o 'max_connections=100' -o 'shared_buffers=512MB' \
+		-o 'synchronous_commit=on' \
+		"$0" "$@"
+fi
+
+SECS=${BENCH_SECONDS:-10}
+ORGS=${BENCH_ORGS:-100000}
+JOBS=2
+DB=bench
+work=$(mktemp -d /tmp/tiermeter-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+createdb $DB
+psql -X -q -v ON_ERROR_STOP=1 -d $DB <<SQL
+CREATE EXTENSION tiermeter;
+\i bench/naive.sql
+-- $ORGS orgs with some usage, in tiermeter and in the naive schema
+SELECT count(tiermeter.record_usage('org-' || i, 10)) FROM generate_series(1, $ORGS) i;
+SELECT count(naive.record_usage('org-' || i, 10)) FROM generate_series(1, $ORGS) i;
+SELECT tiermeter.set_org_quota('hot', 'conversation_seconds', 1000000000000);
+SELECT naive.record_usage('hot', 1);
+UPDATE naive.orgs SET tier = 'enterprise' WHERE org_id = 'hot';
+VACUUM ANALYZE;
+SQL
+
+script() {	# name, then the lines of a pgbench script
+	local name=$1
+	shift
+	printf '%s\n' "$@" > "$work/$name.sql"
+}
+script select1        'SELECT 1;'
+script check          '\set o random(1, '"$ORGS"')' "SELECT tiermeter.check_org_limits('org-' || :o);"
+script check_star     '\set o random(1, '"$ORGS"')' "SELECT * FROM tiermeter.check_org_limits('org-' || :o);"
+script naive_check    '\set o random(1, '"$ORGS"')' "SELECT naive.check_org_limits('org-' || :o);"
+script insert         '\set o random(1, '"$ORGS"')' "INSERT INTO naive.plain_insert (org_id, amount) VALUES ('org-' || :o, 1);"
+script record         '\set o random(1, '"$ORGS"')' "SELECT tiermeter.record_usage('org-' || :o, 1);"
+script naive_record   '\set o random(1, '"$ORGS"')' "SELECT naive.record_usage('org-' || :o, 1);"
+script insert_hot     "INSERT INTO naive.plain_insert (org_id, amount) VALUES ('hot', 1);"
+script record_hot     "SELECT tiermeter.record_usage('hot', 1);"
+script naive_rec_hot  "SELECT naive.record_usage('hot', 1);"
+script consume_hot    "SELECT tiermeter.consume('hot', 1);"
+script naive_con_hot  "SELECT naive.consume('hot', 1);"
+
+declare -A TPS P99
+run() {	# name clients
+	local name=$1 clients=$2 out
+	rm -f "$work"/log.*
+	out=$(pgbench -n -M prepared -T "$SECS" -c "$clients" -j $JOBS -f "$work/$name.sql" \
+		-l --log-prefix="$work/log" $DB 2>&1) || { echo "$out" >&2; exit 1; }
+	TPS[$name]=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
+	P99[$name]=$(cat "$work"/log.* | awk '{print $3}' | sort -n |
+		awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", a[i]/1000}')
+	printf '  ran %-14s %3d clients: %10.0f tps\n' "$name" "$clients" "${TPS[$name]}" >&2
+}
+
+echo "tiermeter bench: $ORGS orgs, ${SECS}s per run, pgbench -M prepared -j $JOBS" >&2
+run select1 8
+run check 8
+run check_star 8
+run naive_check 8
+run insert 8
+run record 8
+run naive_record 8
+run insert_hot 32
+run record_hot 32
+run naive_rec_hot 32
+run consume_hot 32
+run naive_con_hot 32
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+line() {	# label name reference goal
+	printf '%-46s %10.0f %9s %10.0f %7s   %s\n' "$1" "${TPS[$2]}" "${P99[$2]}" "${TPS[$3]}" "$(ratio "${TPS[$2]}" "${TPS[$3]}")" "$4"
+}
+echo
+printf '%-46s %10s %9s %10s %7s   %s\n' scenario tps 'p99 ms' 'ref tps' ratio goal
+line 'check_org_limits, 8 clients (vs SELECT 1)'   check        select1    '>= 0.70, p99 < 0.5 ms'
+line '  SELECT * FROM check_org_limits (vs SELECT 1)' check_star select1    '(reported only)'
+line '  naive PL/pgSQL check (vs SELECT 1)'          naive_check  select1    '(reference)'
+line 'record_usage, 8 clients (vs INSERT)'          record       insert     '>= 0.80'
+line '  naive record (vs INSERT)'                    naive_record insert     '(reference)'
+line 'record_usage, ONE org, 32 clients (vs INSERT)' record_hot  insert_hot '>= 0.80'
+line '  naive record, ONE org (vs INSERT)'           naive_rec_hot insert_hot '(naive ~0.11)'
+line 'consume, ONE org, 32 clients (vs INSERT)'     consume_hot  insert_hot '>= 0.50'
+line '  naive consume, ONE org (vs INSERT)'          naive_con_hot insert_hot '(reference)'
+echo
+psql -X -q -A -t -d $DB -c "SELECT 'consume on the hot org: used ' || used || ', quota ' || quota || ', within quota: ' || (used <= quota) FROM tiermeter.check_org_limits('hot')"

@@ -1,0 +1,1026 @@
+/*
+ * cache.c
+ *		The shared-memory counter cache: per (database, org, feature) the
+ *		org's current period, its quota and the committed usage in it, so
+ *		that check_org_limits touches no table and record_usage does one
+ *		INSERT.  The tables stay the durable truth; an entry is only ever
+ *		rebuilt from them.
+ *
+ * Only with shared_preload_libraries, and never in recovery (a standby's
+ * backends see commits replayed from WAL, not through our callbacks).
+ *
+ * How committed usage reaches an entry.  A transaction keeps what it
+ * recorded in a backend-local table.  At PRE_COMMIT it registers with each
+ * entry it touched (entry->pending++, creating an invalid entry if needed);
+ * at COMMIT, after its rows became visible, it adds its amounts (if the
+ * entry is valid) and unregisters; at ABORT it only unregisters.
+ *
+ * How an entry is (re)built without losing or double counting a commit.
+ * The builder closes a gate on the entry (new PRE_COMMITs wait), waits for
+ * pending to drain (every registered commit is then visible and has done
+ * its COMMIT step), and sums the ledger under the latest snapshot, with its
+ * own transaction's rows hidden.  Every commit visible to that snapshot is
+ * in the sum and was not added; every commit not visible registers after
+ * the gate opens and adds itself.  A config change committed meanwhile
+ * (the generation moved) leaves the entry invalid.
+ *
+ * consume reserves against the quota in the entry (used + reserved +
+ * amount <= quota) under the partition lock, and its COMMIT moves the
+ * amount from reserved to used in one step: committed usage never passes
+ * the quota, and no lock is held across the INSERT.
+ */
+#include "tiermeter.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+PG_FUNCTION_INFO_V1(tiermeter_invalidate_trigger);
+PG_FUNCTION_INFO_V1(tiermeter_invalidate_database);
+
+#define TM_PARTITIONS	16
+#define TM_TRANCHE		"tiermeter"
+
+typedef struct TmEntry
+{
+	TmCacheKey	key;
+	bool		valid;
+	bool		gate;			/* a builder is draining pending commits */
+	int32		pending;		/* transactions between PRE_COMMIT and COMMIT/ABORT */
+	int64		reserved;		/* consume amounts not yet committed */
+	int64		used;			/* committed usage in [period_start, period_end) */
+	int64		granted;
+	int64		base_quota;
+	TimestampTz period_start;
+	TimestampTz period_end;
+	TimestampTz anchor;
+	TimestampTz stored_start;
+	TimestampTz stored_end;
+	bool		org_exists;
+	bool		is_gauge;
+	bool		unlimited;
+	bool		has_warning;
+	int32		warning_percent;
+	pg_atomic_uint64 last_access;
+	char		tier_id[TM_KEY_LEN];
+} TmEntry;
+
+typedef struct TmShared
+{
+	LWLockPadded *locks;
+	ConditionVariable cv;
+	pg_atomic_uint64 generation;	/* bumped by every config commit */
+	pg_atomic_uint32 unregistered;	/* commits in flight without an entry */
+} TmShared;
+
+int			tm_cache_size = 100000;
+
+static TmShared *tm_shared = NULL;
+static HTAB *tm_htab = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* what this transaction recorded, per key */
+typedef struct TmLocal
+{
+	TmCacheKey	key;
+	uint32		hash;
+	int64		amount;			/* recorded inside [ps, pe) (gauges: all) */
+	int64		reserved;		/* of which reserved by consume */
+	TimestampTz ps;
+	TimestampTz pe;
+	bool		has_period;		/* ps and pe are set */
+	bool		mixed;			/* amounts of two different periods */
+	bool		created_org;
+	bool		registered;
+	bool		unregistered;
+	TmEntry    *entry;			/* pinned while registered or reserved */
+} TmLocal;
+
+/* undo records for subtransactions (none outside savepoints) */
+typedef struct TmUndo
+{
+	SubTransactionId subid;
+	TmCacheKey	key;
+	int64		amount;
+	int64		reserved;
+} TmUndo;
+
+static HTAB *tm_local = NULL;	/* in TopTransactionContext */
+static List *tm_undo = NIL;		/* in TopTransactionContext */
+static bool tm_inval_all = false;
+static HTAB *tm_inval_orgs = NULL;	/* org ids, in TopTransactionContext */
+
+/* the entry this backend holds the gate of, for cleanup on error / exit */
+static TmEntry *tm_gate_entry = NULL;
+static int	tm_gate_partition = -1;
+
+/*----------------------------------------------------------------------
+ * Shared memory
+ *----------------------------------------------------------------------
+ */
+
+static Size
+tm_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(TmShared)),
+					hash_estimate_size(tm_cache_size, sizeof(TmEntry)));
+}
+
+static void
+tm_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(tm_shmem_size());
+	RequestNamedLWLockTranche(TM_TRANCHE, TM_PARTITIONS);
+}
+
+static void
+tm_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	tm_shared = ShmemInitStruct("tiermeter", sizeof(TmShared), &found);
+	if (!found)
+	{
+		tm_shared->locks = GetNamedLWLockTranche(TM_TRANCHE);
+		ConditionVariableInit(&tm_shared->cv);
+		pg_atomic_init_u64(&tm_shared->generation, 1);
+		pg_atomic_init_u32(&tm_shared->unregistered, 0);
+	}
+	info.keysize = sizeof(TmCacheKey);
+	info.entrysize = sizeof(TmEntry);
+	info.num_partitions = TM_PARTITIONS;
+	tm_htab = ShmemInitHash("tiermeter counters", tm_cache_size, tm_cache_size, &info,
+							HASH_ELEM | HASH_BLOBS | HASH_PARTITION | HASH_FIXED_SIZE);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+tm_cache_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = tm_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = tm_shmem_startup;
+}
+
+bool
+tm_cache_enabled(void)
+{
+	return tm_htab != NULL && !RecoveryInProgress();
+}
+
+static inline LWLock *
+tm_lock_for(uint32 hash)
+{
+	return &tm_shared->locks[hash % TM_PARTITIONS].lock;
+}
+
+/* Builds the key; false if an id is too long to be cached. */
+bool
+tm_cache_key(TmCacheKey *key, const char *org_id, const char *feature, uint32 *hash)
+{
+	size_t		olen = strlen(org_id);
+	size_t		flen = strlen(feature);
+
+	if (olen >= TM_KEY_LEN || flen >= TM_KEY_LEN)
+		return false;
+	memset(key, 0, sizeof(*key));
+	key->dbid = MyDatabaseId;
+	memcpy(key->org_id, org_id, olen);
+	memcpy(key->feature, feature, flen);
+	*hash = get_hash_value(tm_htab, key);
+	return true;
+}
+
+/*----------------------------------------------------------------------
+ * Eviction: when the table is full, drop the least recently used tenth
+ * of the entries that nothing pins.  Holds every partition lock.
+ *----------------------------------------------------------------------
+ */
+
+typedef struct TmVictim
+{
+	TmEntry    *e;
+	uint64		at;
+} TmVictim;
+
+static int
+tm_victim_cmp(const void *a, const void *b)
+{
+	uint64		x = ((const TmVictim *) a)->at;
+	uint64		y = ((const TmVictim *) b)->at;
+
+	return (x > y) - (x < y);
+}
+
+static void
+tm_evict(void)
+{
+	HASH_SEQ_STATUS seq;
+	TmEntry    *e;
+	TmVictim   *v;
+	int			n = 0;
+	int			i;
+	int			drop;
+
+	v = palloc(sizeof(TmVictim) * tm_cache_size);
+	for (i = 0; i < TM_PARTITIONS; i++)
+		LWLockAcquire(&tm_shared->locks[i].lock, LW_EXCLUSIVE);
+
+	hash_seq_init(&seq, tm_htab);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->pending == 0 && e->reserved == 0 && !e->gate && n < tm_cache_size)
+		{
+			v[n].e = e;
+			v[n].at = pg_atomic_read_u64(&e->last_access);
+			n++;
+		}
+	}
+	qsort(v, n, sizeof(TmVictim), tm_victim_cmp);
+	drop = Max(1, n / 10);
+	for (i = 0; i < drop && i < n; i++)
+		hash_search(tm_htab, &v[i].e->key, HASH_REMOVE, NULL);
+
+	for (i = TM_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&tm_shared->locks[i].lock);
+	pfree(v);
+}
+
+/* Finds or creates the entry; caller holds its partition lock exclusively. */
+static TmEntry *
+tm_enter(const TmCacheKey *key, uint32 hash)
+{
+	bool		found;
+	TmEntry    *e;
+
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_ENTER_NULL, &found);
+	if (e != NULL && !found)
+	{
+		e->valid = false;
+		e->gate = false;
+		e->pending = 0;
+		e->reserved = 0;
+		e->used = 0;
+		pg_atomic_init_u64(&e->last_access, (uint64) GetCurrentTransactionStartTimestamp());
+	}
+	return e;
+}
+
+/* Same, evicting once if the table is full; NULL if still full. */
+static TmEntry *
+tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock)
+{
+	TmEntry    *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = tm_enter(key, hash);
+	if (e == NULL)
+	{
+		LWLockRelease(lock);
+		tm_evict();
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = tm_enter(key, hash);
+	}
+	return e;
+}
+
+/*----------------------------------------------------------------------
+ * Reading an entry
+ *----------------------------------------------------------------------
+ */
+
+/* LRU stamp, written at most once a second so hot entries stay read-mostly */
+static inline void
+tm_touch(TmEntry *e, TimestampTz now)
+{
+	if ((uint64) now > pg_atomic_read_u64(&e->last_access) + USECS_PER_SEC)
+		pg_atomic_write_u64(&e->last_access, (uint64) now);
+}
+
+static inline bool
+tm_entry_current(const TmEntry *e, TimestampTz now)
+{
+	return e->valid && e->period_start <= now && now < e->period_end;
+}
+
+/* Copies an entry's answer out; its strings go into cxt. */
+static void
+tm_entry_copy(const TmEntry *e, TmOrgFeature *of, TmSums *sums,
+			  const char *org_id, const char *feature, MemoryContext cxt)
+{
+	of->org_id = MemoryContextStrdup(cxt, org_id);
+	of->feature = MemoryContextStrdup(cxt, feature);
+	of->tier_id = MemoryContextStrdup(cxt, e->tier_id);
+	of->org_exists = e->org_exists;
+	of->is_gauge = e->is_gauge;
+	of->anchor = e->anchor;
+	of->stored.start = e->stored_start;
+	of->stored.end = e->stored_end;
+	of->unlimited = e->unlimited;
+	of->base_quota = e->base_quota;
+	of->has_warning = e->has_warning;
+	of->warning_percent = e->warning_percent;
+	of->period.start = e->period_start;
+	of->period.end = e->period_end;
+	sums->used = e->used;
+	sums->granted = e->granted;
+}
+
+/* This transaction's own uncommitted amount for a key, in its period. */
+static int64
+tm_own_amount(const TmCacheKey *key, const TmOrgFeature *of)
+{
+	TmLocal    *l;
+
+	if (tm_local == NULL)
+		return 0;
+	l = hash_search(tm_local, key, HASH_FIND, NULL);
+	if (l == NULL || l->mixed)
+		return 0;
+	if (!of->is_gauge && (l->ps != of->period.start || l->pe != of->period.end))
+		return 0;
+	return l->amount;
+}
+
+/* Did this transaction change the config of this org (or all)? */
+bool
+tm_cache_bypass(const char *org_id)
+{
+	if (tm_inval_all)
+		return true;
+	if (tm_inval_orgs != NULL)
+	{
+		char		buf[TM_KEY_LEN];
+
+		memset(buf, 0, sizeof(buf));
+		strlcpy(buf, org_id, sizeof(buf));
+		return hash_search(tm_inval_orgs, buf, HASH_FIND, NULL) != NULL;
+	}
+	return false;
+}
+
+/*
+ * A hit: fills of and sums (with this transaction's own amounts) from a
+ * current entry.  No table is touched.
+ */
+bool
+tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
+			 const char *feature, TmOrgFeature *of, TmSums *sums, MemoryContext cxt)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmEntry    *e;
+	bool		hit = false;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	if (e != NULL && tm_entry_current(e, now))
+	{
+		tm_entry_copy(e, of, sums, org_id, feature, cxt);
+		tm_touch(e, now);
+		hit = true;
+	}
+	LWLockRelease(lock);
+
+	if (hit)
+		sums->used += tm_own_amount(key, of);
+	return hit;
+}
+
+/*----------------------------------------------------------------------
+ * Building an entry
+ *----------------------------------------------------------------------
+ */
+
+static void
+tm_gate_release(void)
+{
+	if (tm_gate_entry != NULL)
+	{
+		LWLock	   *lock = &tm_shared->locks[tm_gate_partition].lock;
+		bool		held = LWLockHeldByMe(lock);
+
+		if (!held)
+			LWLockAcquire(lock, LW_EXCLUSIVE);
+		tm_gate_entry->gate = false;
+		if (!held)
+			LWLockRelease(lock);
+		tm_gate_entry = NULL;
+		tm_gate_partition = -1;
+		ConditionVariableBroadcast(&tm_shared->cv);
+	}
+}
+
+static void
+tm_gate_release_on_exit(int code, Datum arg)
+{
+	if (tm_gate_entry != NULL)
+	{
+		LWLockReleaseAll();
+		tm_gate_release();
+	}
+}
+
+/*
+ * Rebuilds the entry of key from the tables, inside SPI.  Fills of and sums
+ * (with this transaction's own amounts) either way; returns false if it
+ * could not install a valid entry (the answer is still right).
+ */
+bool
+tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
+			   const char *feature, TmOrgFeature *of, TmSums *sums, MemoryContext cxt)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmEntry    *volatile e;
+	uint64		gen0;
+	volatile bool installed = false;
+	static bool exit_hook = false;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	if (!exit_hook)
+	{
+		before_shmem_exit(tm_gate_release_on_exit, (Datum) 0);
+		exit_hook = true;
+	}
+
+	/* close the gate, or wait for another builder to finish */
+	for (;;)
+	{
+		e = tm_enter_locked(key, hash, lock);
+		if (e == NULL)
+			break;				/* full of pinned entries: table answer */
+		if (tm_entry_current(e, now))
+		{
+			/* someone else built it meanwhile */
+			tm_entry_copy(e, of, sums, org_id, feature, cxt);
+			LWLockRelease(lock);
+			ConditionVariableCancelSleep();
+			sums->used += tm_own_amount(key, of);
+			return true;
+		}
+		if (!e->gate)
+		{
+			e->gate = true;
+			tm_gate_entry = e;
+			tm_gate_partition = hash % TM_PARTITIONS;
+			LWLockRelease(lock);
+			break;
+		}
+		LWLockRelease(lock);
+		ConditionVariableSleep(&tm_shared->cv, PG_WAIT_EXTENSION);
+	}
+
+	PG_TRY();
+	{
+		Snapshot	snapshot;
+
+		/* wait until every registered commit has finished */
+		while (e != NULL)
+		{
+			int32		pending;
+
+			LWLockAcquire(lock, LW_SHARED);
+			pending = e->pending;
+			LWLockRelease(lock);
+			if (pending == 0)
+				break;
+			ConditionVariableSleep(&tm_shared->cv, PG_WAIT_EXTENSION);
+		}
+		ConditionVariableCancelSleep();
+
+		gen0 = pg_atomic_read_u64(&tm_shared->generation);
+
+		/* everything committed, nothing of our own transaction */
+		snapshot = GetLatestSnapshot();
+		snapshot->curcid = FirstCommandId;
+		tm_lookup(of, org_id, feature, snapshot, cxt);
+		*sums = tm_sums(of, snapshot, true);
+
+		if (e != NULL)
+		{
+			LWLockAcquire(lock, LW_EXCLUSIVE);
+			e->used = sums->used;
+			e->granted = sums->granted;
+			e->base_quota = of->base_quota;
+			e->period_start = of->period.start;
+			e->period_end = of->period.end;
+			e->anchor = of->anchor;
+			e->stored_start = of->stored.start;
+			e->stored_end = of->stored.end;
+			e->org_exists = of->org_exists;
+			e->is_gauge = of->is_gauge;
+			e->unlimited = of->unlimited;
+			e->has_warning = of->has_warning;
+			e->warning_percent = of->warning_percent;
+			strlcpy(e->tier_id, of->tier_id, TM_KEY_LEN);
+			installed = strlen(of->tier_id) < TM_KEY_LEN &&
+				pg_atomic_read_u64(&tm_shared->generation) == gen0 &&
+				pg_atomic_read_u32(&tm_shared->unregistered) == 0;
+			e->valid = installed;
+			tm_touch(e, now);
+			tm_gate_release();
+			LWLockRelease(lock);
+		}
+	}
+	PG_CATCH();
+	{
+		tm_gate_release();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	sums->used += tm_own_amount(key, of);
+	return installed;
+}
+
+/*----------------------------------------------------------------------
+ * consume's reservation
+ *----------------------------------------------------------------------
+ */
+
+static TmLocal *
+tm_local_entry(const TmCacheKey *key, uint32 hash)
+{
+	TmLocal    *l;
+	bool		found;
+
+	if (tm_local == NULL)
+	{
+		HASHCTL		info;
+
+		info.keysize = sizeof(TmCacheKey);
+		info.entrysize = sizeof(TmLocal);
+		info.hcxt = TopTransactionContext;
+		tm_local = hash_create("tiermeter pending", 64, &info,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	l = hash_search(tm_local, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		l->hash = hash;
+		l->amount = 0;
+		l->reserved = 0;
+		l->ps = 0;
+		l->pe = 0;
+		l->has_period = false;
+		l->mixed = false;
+		l->created_org = false;
+		l->registered = false;
+		l->unregistered = false;
+		l->entry = NULL;
+	}
+	return l;
+}
+
+static void
+tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	MemoryContext old;
+	TmUndo	   *u;
+
+	if (subid == TopSubTransactionId)
+		return;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	u = palloc(sizeof(TmUndo));
+	u->subid = subid;
+	u->key = *key;
+	u->amount = amount;
+	u->reserved = reserved;
+	tm_undo = lappend(tm_undo, u);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Tries to reserve amount against the quota.  Returns TM_RESERVE_MISS if the
+ * entry is not current (build it and call again).
+ */
+TmReserve
+tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
+				 const TmOrgFeature *of, TmSums *sums)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmEntry    *e;
+	TmLocal    *l;
+	int64		own;
+	int64		quota;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	l = tm_local_entry(key, hash);	/* may allocate: before the lock */
+	own = tm_own_amount(key, of);
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	if (e == NULL || !tm_entry_current(e, now) ||
+		e->period_start != of->period.start || e->unlimited != of->unlimited)
+	{
+		LWLockRelease(lock);
+		return TM_RESERVE_MISS;
+	}
+	quota = e->base_quota + e->granted;
+	/* own record_usage amounts are not in reserved; own consumes are */
+	if (!e->unlimited &&
+		(quota == 0 || e->used + e->reserved + (own - l->reserved) + amount > quota))
+	{
+		sums->used = e->used + own;
+		sums->granted = e->granted;
+		LWLockRelease(lock);
+		return TM_RESERVE_REFUSED;
+	}
+	e->reserved += amount;
+	sums->used = e->used + own + amount;
+	sums->granted = e->granted;
+	LWLockRelease(lock);
+
+	l->entry = e;
+	l->reserved += amount;
+	tm_undo_push(key, 0, amount);
+	return TM_RESERVE_OK;
+}
+
+/*
+ * For consume's table path (no current entry): what other transactions
+ * have reserved but not committed, and a reservation of our own.
+ */
+int64
+tm_cache_reserved_by_others(const TmCacheKey *key, uint32 hash)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmEntry    *e;
+	TmLocal    *l = tm_local ? hash_search(tm_local, key, HASH_FIND, NULL) : NULL;
+	int64		r = 0;
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	if (e != NULL)
+		r = e->reserved - (l ? l->reserved : 0);
+	LWLockRelease(lock);
+	return r;
+}
+
+bool
+tm_cache_reserve_fallback(const TmCacheKey *key, uint32 hash, int64 amount)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmLocal    *l = tm_local_entry(key, hash);
+	TmEntry    *e;
+
+	e = tm_enter_locked(key, hash, lock);
+	if (e == NULL)
+		return false;
+	e->reserved += amount;
+	LWLockRelease(lock);
+	l->entry = e;
+	l->reserved += amount;
+	tm_undo_push(key, 0, amount);
+	return true;
+}
+
+/* Gives a reservation back (same key inserted by someone else). */
+void
+tm_cache_unreserve(const TmCacheKey *key, uint32 hash, int64 amount)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmLocal    *l = hash_search(tm_local, key, HASH_FIND, NULL);
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	l->entry->reserved -= amount;
+	LWLockRelease(lock);
+	l->reserved -= amount;
+	tm_undo_push(key, 0, -amount);
+}
+
+/* Notes usage this transaction recorded, to apply at commit. */
+void
+tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
+			  int64 amount, TimestampTz occurred_at, bool created_org)
+{
+	TmLocal    *l = tm_local_entry(key, hash);
+	bool		in_period = of->is_gauge ||
+		(of->period.start <= occurred_at && occurred_at < of->period.end);
+
+	/* a savepoint could roll the org back: only note it at top level */
+	if (created_org && GetCurrentSubTransactionId() == TopSubTransactionId)
+		l->created_org = true;
+	if (!in_period)
+		return;
+	if (!l->has_period)
+	{
+		l->ps = of->period.start;
+		l->pe = of->period.end;
+		l->has_period = true;
+	}
+	else if (!of->is_gauge && (l->ps != of->period.start || l->pe != of->period.end))
+		l->mixed = true;
+	l->amount += amount;
+	tm_undo_push(key, amount, 0);
+}
+
+/*----------------------------------------------------------------------
+ * Invalidation of config: triggers note what changed; the commit applies it
+ *----------------------------------------------------------------------
+ */
+
+static void
+tm_inval_org(const char *org_id)
+{
+	char		buf[TM_KEY_LEN];
+
+	if (strlen(org_id) >= TM_KEY_LEN)
+		return;					/* never cached */
+	if (tm_inval_orgs == NULL)
+	{
+		HASHCTL		info;
+
+		info.keysize = TM_KEY_LEN;
+		info.entrysize = TM_KEY_LEN;
+		info.hcxt = TopTransactionContext;
+		tm_inval_orgs = hash_create("tiermeter invalidations", 16, &info,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(buf, 0, sizeof(buf));
+	strlcpy(buf, org_id, sizeof(buf));
+	(void) hash_search(tm_inval_orgs, buf, HASH_ENTER, NULL);
+}
+
+static void
+tm_inval_tuple_org(TriggerData *td, HeapTuple tuple)
+{
+	int			attno = SPI_fnumber(td->tg_relation->rd_att, "org_id");
+	char	   *org;
+
+	if (attno <= 0 || tuple == NULL)
+	{
+		tm_inval_all = true;
+		return;
+	}
+	org = SPI_getvalue(tuple, td->tg_relation->rd_att, attno);
+	if (org != NULL)
+		tm_inval_org(org);
+}
+
+/*
+ * Trigger: a row-level trigger invalidates the org of the old and new row;
+ * a statement-level one (config tables, TRUNCATE) invalidates everything.
+ */
+Datum
+tiermeter_invalidate_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "tiermeter: not called as a trigger");
+
+	if (TRIGGER_FIRED_FOR_ROW(td->tg_event))
+	{
+		if (!TRIGGER_FIRED_BY_INSERT(td->tg_event))
+			tm_inval_tuple_org(td, td->tg_trigtuple);
+		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+			tm_inval_tuple_org(td, td->tg_newtuple);
+		if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+			tm_inval_tuple_org(td, td->tg_trigtuple);
+	}
+	else
+		tm_inval_all = true;
+	return PointerGetDatum(NULL);
+}
+
+/* _invalidate_database(): forget every entry of this database at commit. */
+Datum
+tiermeter_invalidate_database(PG_FUNCTION_ARGS)
+{
+	tm_inval_all = true;
+	PG_RETURN_VOID();
+}
+
+static void
+tm_apply_invalidations(void)
+{
+	HASH_SEQ_STATUS seq;
+	TmEntry    *e;
+	int			i;
+
+	pg_atomic_fetch_add_u64(&tm_shared->generation, 1);
+	for (i = 0; i < TM_PARTITIONS; i++)
+		LWLockAcquire(&tm_shared->locks[i].lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, tm_htab);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId)
+			continue;
+		if (tm_inval_all ||
+			hash_search(tm_inval_orgs, e->key.org_id, HASH_FIND, NULL) != NULL)
+			e->valid = false;
+	}
+	for (i = TM_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&tm_shared->locks[i].lock);
+}
+
+/*----------------------------------------------------------------------
+ * Transaction callbacks
+ *----------------------------------------------------------------------
+ */
+
+static void
+tm_local_reset(void)
+{
+	tm_local = NULL;
+	tm_undo = NIL;
+	tm_inval_all = false;
+	tm_inval_orgs = NULL;
+}
+
+/* PRE_COMMIT: register with every entry we touched (waits for a gate). */
+static void
+tm_pre_commit(void)
+{
+	HASH_SEQ_STATUS seq;
+	TmLocal    *l;
+
+	if (tm_local == NULL)
+		return;
+	hash_seq_init(&seq, tm_local);
+	while ((l = hash_seq_search(&seq)) != NULL)
+	{
+		LWLock	   *lock;
+		TmEntry    *e;
+
+		if (l->amount == 0 && l->reserved == 0 && !l->created_org && !l->mixed)
+			continue;
+		lock = tm_lock_for(l->hash);
+		for (;;)
+		{
+			e = tm_enter_locked(&l->key, l->hash, lock);
+			if (e == NULL || !e->gate)
+				break;
+			LWLockRelease(lock);
+			ConditionVariableSleep(&tm_shared->cv, PG_WAIT_EXTENSION);
+		}
+		if (e == NULL)
+		{
+			pg_atomic_fetch_add_u32(&tm_shared->unregistered, 1);
+			l->unregistered = true;
+		}
+		else
+		{
+			e->pending++;
+			l->entry = e;
+			l->registered = true;
+		}
+		LWLockRelease(lock);
+	}
+	ConditionVariableCancelSleep();
+}
+
+/* COMMIT (rows visible) or ABORT: apply or drop, unregister.  No errors. */
+static void
+tm_end_xact(bool commit)
+{
+	HASH_SEQ_STATUS seq;
+	TmLocal    *l;
+	bool		wake = false;
+
+	if (tm_local != NULL && tm_shared != NULL)
+	{
+		hash_seq_init(&seq, tm_local);
+		while ((l = hash_seq_search(&seq)) != NULL)
+		{
+			TmEntry    *e = l->entry;
+			LWLock	   *lock;
+
+			if (l->unregistered)
+				pg_atomic_fetch_sub_u32(&tm_shared->unregistered, 1);
+			/* only a registration or a reservation pins the entry */
+			if (e == NULL || (!l->registered && l->reserved == 0))
+				continue;
+			lock = tm_lock_for(l->hash);
+			LWLockAcquire(lock, LW_EXCLUSIVE);
+			e->reserved -= l->reserved;
+			if (l->registered)
+			{
+				e->pending--;
+				if (e->pending == 0 && e->gate)
+					wake = true;
+			}
+			if (commit && e->valid)
+			{
+				if (l->mixed ||
+					(!e->is_gauge && l->amount != 0 &&
+					 (l->ps != e->period_start || l->pe != e->period_end)))
+					e->valid = false;
+				else
+					e->used += l->amount;
+				if (l->created_org)
+					e->org_exists = true;
+			}
+			LWLockRelease(lock);
+		}
+	}
+	if (commit && (tm_inval_all || tm_inval_orgs != NULL) && tm_shared != NULL)
+		tm_apply_invalidations();
+	if (wake)
+		ConditionVariableBroadcast(&tm_shared->cv);
+	tm_local_reset();
+}
+
+static void
+tm_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (tm_shared != NULL)
+				tm_pre_commit();
+			break;
+		case XACT_EVENT_COMMIT:
+			tm_end_xact(true);
+			break;
+		case XACT_EVENT_ABORT:
+			tm_end_xact(false);
+			break;
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PRE_PREPARE:
+			if (tm_local != NULL || tm_inval_all || tm_inval_orgs != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("tiermeter: cannot PREPARE a transaction that recorded usage")));
+			break;
+		default:
+			break;
+	}
+}
+
+/* A subtransaction rolled back: undo what it recorded and reserved. */
+static void
+tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	ListCell   *lc;
+
+	if (tm_undo == NIL)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, tm_undo)
+		{
+			TmUndo	   *u = lfirst(lc);
+
+			if (u->subid == mySubid)
+				u->subid = parentSubid;
+		}
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, tm_undo)
+		{
+			TmUndo	   *u = lfirst(lc);
+			TmLocal    *l;
+
+			if (u->subid != mySubid)
+				continue;
+			l = hash_search(tm_local, &u->key, HASH_FIND, NULL);
+			if (l == NULL)
+				continue;
+			l->amount -= u->amount;
+			if (u->reserved != 0)
+			{
+				LWLock	   *lock = tm_lock_for(l->hash);
+
+				LWLockAcquire(lock, LW_EXCLUSIVE);
+				l->entry->reserved -= u->reserved;
+				LWLockRelease(lock);
+				l->reserved -= u->reserved;
+			}
+			u->subid = InvalidSubTransactionId;
+		}
+	}
+}
+
+void
+tm_cache_register_callbacks(void)
+{
+	RegisterXactCallback(tm_xact_callback, NULL);
+	RegisterSubXactCallback(tm_subxact_callback, NULL);
+}
