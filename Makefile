@@ -22,7 +22,7 @@ OBJS = \
 DATA = $(wildcard sql/tiermeter--*.sql)
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format
+REGRESS = install catalog periods check record consume admin errors format cache
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected

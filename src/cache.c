@@ -11,18 +11,23 @@
  *
  * How committed usage reaches an entry.  A transaction keeps what it
  * recorded in a backend-local table.  At PRE_COMMIT it registers with each
- * entry it touched (entry->pending++, creating an invalid entry if needed);
- * at COMMIT, after its rows became visible, it adds its amounts (if the
- * entry is valid) and unregisters; at ABORT it only unregisters.
+ * entry it touched (entry->pending++, which pins the entry, creating an
+ * invalid one if needed); at COMMIT, after its rows became visible, it adds
+ * its amounts if the entry is valid, and unregisters; at ABORT it only
+ * unregisters.  Nobody ever sleeps on another backend here.
  *
  * How an entry is (re)built without losing or double counting a commit.
- * The builder closes a gate on the entry (new PRE_COMMITs wait), waits for
- * pending to drain (every registered commit is then visible and has done
- * its COMMIT step), and sums the ledger under the latest snapshot, with its
- * own transaction's rows hidden.  Every commit visible to that snapshot is
- * in the sum and was not added; every commit not visible registers after
- * the gate opens and adds itself.  A config change committed meanwhile
- * (the generation moved) leaves the entry invalid.
+ * The builder takes a build slot for the entry, then sums the ledger under
+ * the latest snapshot (its own transaction's rows hidden).  A commit whose
+ * COMMIT step runs while the slot is open cannot add to the invalid entry:
+ * it appends (xid, amount) to the slot instead.  At install the builder adds
+ * the amounts of those xids its snapshot did not see; the others are in its
+ * sum.  A commit whose COMMIT step ran before the slot opened was visible
+ * before the snapshot, so it is in the sum.  Whatever the slot cannot
+ * represent (overflow, amounts of another period, a commit with no entry,
+ * a config change meanwhile) leaves the entry invalid, and the answer still
+ * comes from the tables.  A second builder of the same entry does not wait:
+ * it answers from the tables without installing.
  *
  * consume reserves against the quota in the entry (used + reserved +
  * amount <= quota) under the partition lock, and its COMMIT moves the
@@ -35,7 +40,7 @@
 #include "access/xlog.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
-#include "storage/condition_variable.h"
+#include "storage/spin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -53,11 +58,28 @@ PG_FUNCTION_INFO_V1(tiermeter_invalidate_database);
 #define TM_PARTITIONS	16
 #define TM_TRANCHE		"tiermeter"
 
+#define TM_MAX_BUILDS	64		/* entries being built at once */
+#define TM_MAX_LATE		64		/* commits that one build can take in */
+
+typedef struct TmLate
+{
+	TransactionId xid;
+	int64		amount;
+} TmLate;
+
+/* One build in progress; guarded by the partition lock of its entry. */
+typedef struct TmBuild
+{
+	bool		spoiled;		/* something happened it cannot represent */
+	int			nlate;
+	TmLate		late[TM_MAX_LATE];
+} TmBuild;
+
 typedef struct TmEntry
 {
 	TmCacheKey	key;
 	bool		valid;
-	bool		gate;			/* a builder is draining pending commits */
+	int16		build;			/* build slot while being built, else -1 */
 	int32		pending;		/* transactions between PRE_COMMIT and COMMIT/ABORT */
 	int64		reserved;		/* consume amounts not yet committed */
 	int64		used;			/* committed usage in [period_start, period_end) */
@@ -80,9 +102,11 @@ typedef struct TmEntry
 typedef struct TmShared
 {
 	LWLockPadded *locks;
-	ConditionVariable cv;
 	pg_atomic_uint64 generation;	/* bumped by every config commit */
 	pg_atomic_uint32 unregistered;	/* commits in flight without an entry */
+	slock_t		build_mutex;	/* guards build_used */
+	bool		build_used[TM_MAX_BUILDS];
+	TmBuild		builds[TM_MAX_BUILDS];
 } TmShared;
 
 int			tm_cache_size = 100000;
@@ -104,6 +128,7 @@ typedef struct TmLocal
 	TimestampTz pe;
 	bool		has_period;		/* ps and pe are set */
 	bool		mixed;			/* amounts of two different periods */
+	bool		stale;			/* amounts outside the period: rebuild */
 	bool		created_org;
 	bool		registered;
 	bool		unregistered;
@@ -124,9 +149,12 @@ static List *tm_undo = NIL;		/* in TopTransactionContext */
 static bool tm_inval_all = false;
 static HTAB *tm_inval_orgs = NULL;	/* org ids, in TopTransactionContext */
 
-/* the entry this backend holds the gate of, for cleanup on error / exit */
-static TmEntry *tm_gate_entry = NULL;
-static int	tm_gate_partition = -1;
+/* the build slot this backend holds, for cleanup on error / exit */
+static TmEntry *tm_build_entry = NULL;
+static int	tm_build_partition = -1;
+
+/* this transaction's xid, taken at PRE_COMMIT for the COMMIT step */
+static TransactionId tm_commit_xid = InvalidTransactionId;
 
 /*----------------------------------------------------------------------
  * Shared memory
@@ -163,7 +191,8 @@ tm_shmem_startup(void)
 	if (!found)
 	{
 		tm_shared->locks = GetNamedLWLockTranche(TM_TRANCHE);
-		ConditionVariableInit(&tm_shared->cv);
+		SpinLockInit(&tm_shared->build_mutex);
+		memset(tm_shared->build_used, 0, sizeof(tm_shared->build_used));
 		pg_atomic_init_u64(&tm_shared->generation, 1);
 		pg_atomic_init_u32(&tm_shared->unregistered, 0);
 	}
@@ -251,7 +280,7 @@ tm_evict(void)
 	hash_seq_init(&seq, tm_htab);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->pending == 0 && e->reserved == 0 && !e->gate && n < tm_cache_size)
+		if (e->pending == 0 && e->reserved == 0 && e->build < 0 && n < tm_cache_size)
 		{
 			v[n].e = e;
 			v[n].at = pg_atomic_read_u64(&e->last_access);
@@ -279,7 +308,7 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 	if (e != NULL && !found)
 	{
 		e->valid = false;
-		e->gate = false;
+		e->build = -1;
 		e->pending = 0;
 		e->reserved = 0;
 		e->used = 0;
@@ -288,7 +317,10 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 	return e;
 }
 
-/* Same, evicting once if the table is full; NULL if still full. */
+/*
+ * Same, taking the partition lock and evicting once if the table is full.
+ * Returns with the lock held, or NULL (lock released) if still full.
+ */
 static TmEntry *
 tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock)
 {
@@ -302,6 +334,8 @@ tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock)
 		tm_evict();
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		e = tm_enter(key, hash);
+		if (e == NULL)
+			LWLockRelease(lock);
 	}
 	return e;
 }
@@ -414,39 +448,72 @@ tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
  *----------------------------------------------------------------------
  */
 
-static void
-tm_gate_release(void)
+static int
+tm_build_slot_take(void)
 {
-	if (tm_gate_entry != NULL)
-	{
-		LWLock	   *lock = &tm_shared->locks[tm_gate_partition].lock;
-		bool		held = LWLockHeldByMe(lock);
+	int			i;
+	int			slot = -1;
 
-		if (!held)
-			LWLockAcquire(lock, LW_EXCLUSIVE);
-		tm_gate_entry->gate = false;
-		if (!held)
-			LWLockRelease(lock);
-		tm_gate_entry = NULL;
-		tm_gate_partition = -1;
-		ConditionVariableBroadcast(&tm_shared->cv);
+	SpinLockAcquire(&tm_shared->build_mutex);
+	for (i = 0; i < TM_MAX_BUILDS; i++)
+	{
+		if (!tm_shared->build_used[i])
+		{
+			tm_shared->build_used[i] = true;
+			slot = i;
+			break;
+		}
+	}
+	SpinLockRelease(&tm_shared->build_mutex);
+	if (slot >= 0)
+	{
+		tm_shared->builds[slot].spoiled = false;
+		tm_shared->builds[slot].nlate = 0;
+	}
+	return slot;
+}
+
+/* Closes this backend's build (caller holds the entry's partition lock). */
+static void
+tm_build_close_locked(void)
+{
+	int			slot = tm_build_entry->build;
+
+	tm_build_entry->build = -1;
+	tm_build_entry = NULL;
+	tm_build_partition = -1;
+	SpinLockAcquire(&tm_shared->build_mutex);
+	tm_shared->build_used[slot] = false;
+	SpinLockRelease(&tm_shared->build_mutex);
+}
+
+static void
+tm_build_abandon(void)
+{
+	if (tm_build_entry != NULL)
+	{
+		LWLock	   *lock = &tm_shared->locks[tm_build_partition].lock;
+
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		tm_build_close_locked();
+		LWLockRelease(lock);
 	}
 }
 
 static void
-tm_gate_release_on_exit(int code, Datum arg)
+tm_build_abandon_on_exit(int code, Datum arg)
 {
-	if (tm_gate_entry != NULL)
+	if (tm_build_entry != NULL)
 	{
 		LWLockReleaseAll();
-		tm_gate_release();
+		tm_build_abandon();
 	}
 }
 
 /*
- * Rebuilds the entry of key from the tables, inside SPI.  Fills of and sums
- * (with this transaction's own amounts) either way; returns false if it
- * could not install a valid entry (the answer is still right).
+ * Answers key from the tables (inside SPI), and installs the answer in the
+ * cache when it can.  Fills of and sums (with this transaction's own
+ * amounts) either way; returns whether it installed a valid entry.
  */
 bool
 tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
@@ -454,73 +521,63 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 {
 	LWLock	   *lock = tm_lock_for(hash);
 	TmEntry    *volatile e;
-	uint64		gen0;
 	volatile bool installed = false;
 	static bool exit_hook = false;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	if (!exit_hook)
 	{
-		before_shmem_exit(tm_gate_release_on_exit, (Datum) 0);
+		before_shmem_exit(tm_build_abandon_on_exit, (Datum) 0);
 		exit_hook = true;
 	}
 
-	/* close the gate, or wait for another builder to finish */
-	for (;;)
+	/* open a build on the entry, unless someone else is building it */
+	e = tm_enter_locked(key, hash, lock);
+	if (e != NULL)
 	{
-		e = tm_enter_locked(key, hash, lock);
-		if (e == NULL)
-			break;				/* full of pinned entries: table answer */
 		if (tm_entry_current(e, now))
 		{
-			/* someone else built it meanwhile */
+			/* built meanwhile */
 			tm_entry_copy(e, of, sums, org_id, feature, cxt);
 			LWLockRelease(lock);
-			ConditionVariableCancelSleep();
 			sums->used += tm_own_amount(key, of);
 			return true;
 		}
-		if (!e->gate)
+		if (e->build < 0)
+			e->build = tm_build_slot_take();
+		if (e->build >= 0)
 		{
-			e->gate = true;
-			tm_gate_entry = e;
-			tm_gate_partition = hash % TM_PARTITIONS;
-			LWLockRelease(lock);
-			break;
+			tm_build_entry = e;
+			tm_build_partition = hash % TM_PARTITIONS;
 		}
+		else
+			e = NULL;			/* another build, or no slot: just answer */
 		LWLockRelease(lock);
-		ConditionVariableSleep(&tm_shared->cv, PG_WAIT_EXTENSION);
 	}
 
 	PG_TRY();
 	{
 		Snapshot	snapshot;
-
-		/* wait until every registered commit has finished */
-		while (e != NULL)
-		{
-			int32		pending;
-
-			LWLockAcquire(lock, LW_SHARED);
-			pending = e->pending;
-			LWLockRelease(lock);
-			if (pending == 0)
-				break;
-			ConditionVariableSleep(&tm_shared->cv, PG_WAIT_EXTENSION);
-		}
-		ConditionVariableCancelSleep();
-
-		gen0 = pg_atomic_read_u64(&tm_shared->generation);
+		uint64		gen0 = pg_atomic_read_u64(&tm_shared->generation);
+		bool		clean = pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 
 		/* everything committed, nothing of our own transaction */
-		snapshot = GetLatestSnapshot();
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		snapshot->curcid = FirstCommandId;
 		tm_lookup(of, org_id, feature, snapshot, cxt);
 		*sums = tm_sums(of, snapshot, true);
 
 		if (e != NULL)
 		{
+			TmBuild    *b;
+			int			i;
+
 			LWLockAcquire(lock, LW_EXCLUSIVE);
+			b = &tm_shared->builds[e->build];
+			/* commits that finished during the build and were not in the sum */
+			for (i = 0; i < b->nlate; i++)
+				if (XidInMVCCSnapshot(b->late[i].xid, snapshot))
+					sums->used += b->late[i].amount;
 			e->used = sums->used;
 			e->granted = sums->granted;
 			e->base_quota = of->base_quota;
@@ -535,18 +592,20 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			e->has_warning = of->has_warning;
 			e->warning_percent = of->warning_percent;
 			strlcpy(e->tier_id, of->tier_id, TM_KEY_LEN);
-			installed = strlen(of->tier_id) < TM_KEY_LEN &&
+			installed = clean && !b->spoiled &&
+				strlen(of->tier_id) < TM_KEY_LEN &&
 				pg_atomic_read_u64(&tm_shared->generation) == gen0 &&
 				pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 			e->valid = installed;
 			tm_touch(e, now);
-			tm_gate_release();
+			tm_build_close_locked();
 			LWLockRelease(lock);
 		}
+		UnregisterSnapshot(snapshot);
 	}
 	PG_CATCH();
 	{
-		tm_gate_release();
+		tm_build_abandon();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -586,6 +645,7 @@ tm_local_entry(const TmCacheKey *key, uint32 hash)
 		l->pe = 0;
 		l->has_period = false;
 		l->mixed = false;
+		l->stale = false;
 		l->created_org = false;
 		l->registered = false;
 		l->unregistered = false;
@@ -636,6 +696,12 @@ tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 	if (e == NULL || !tm_entry_current(e, now) ||
 		e->period_start != of->period.start || e->unlimited != of->unlimited)
 	{
+		LWLockRelease(lock);
+		return TM_RESERVE_MISS;
+	}
+	if (l->mixed || (l->has_period && !e->is_gauge && l->ps != e->period_start))
+	{
+		/* our own amounts are of another period: take the table path */
 		LWLockRelease(lock);
 		return TM_RESERVE_MISS;
 	}
@@ -725,7 +791,11 @@ tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
 	if (created_org && GetCurrentSubTransactionId() == TopSubTransactionId)
 		l->created_org = true;
 	if (!in_period)
+	{
+		/* another period's entry may be cached: have it rebuilt */
+		l->stale = true;
 		return;
+	}
 	if (!l->has_period)
 	{
 		l->ps = of->period.start;
@@ -832,7 +902,11 @@ tm_apply_invalidations(void)
 			continue;
 		if (tm_inval_all ||
 			hash_search(tm_inval_orgs, e->key.org_id, HASH_FIND, NULL) != NULL)
+		{
 			e->valid = false;
+			if (e->build >= 0)
+				tm_shared->builds[e->build].spoiled = true;
+		}
 	}
 	for (i = TM_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&tm_shared->locks[i].lock);
@@ -852,7 +926,7 @@ tm_local_reset(void)
 	tm_inval_orgs = NULL;
 }
 
-/* PRE_COMMIT: register with every entry we touched (waits for a gate). */
+/* PRE_COMMIT: register with every entry we touched.  Never waits. */
 static void
 tm_pre_commit(void)
 {
@@ -861,37 +935,63 @@ tm_pre_commit(void)
 
 	if (tm_local == NULL)
 		return;
+	tm_commit_xid = GetTopTransactionIdIfAny();
 	hash_seq_init(&seq, tm_local);
 	while ((l = hash_seq_search(&seq)) != NULL)
 	{
 		LWLock	   *lock;
 		TmEntry    *e;
 
-		if (l->amount == 0 && l->reserved == 0 && !l->created_org && !l->mixed)
+		if (l->amount == 0 && l->reserved == 0 && !l->created_org &&
+			!l->mixed && !l->stale)
 			continue;
 		lock = tm_lock_for(l->hash);
-		for (;;)
-		{
-			e = tm_enter_locked(&l->key, l->hash, lock);
-			if (e == NULL || !e->gate)
-				break;
-			LWLockRelease(lock);
-			ConditionVariableSleep(&tm_shared->cv, PG_WAIT_EXTENSION);
-		}
+		e = tm_enter_locked(&l->key, l->hash, lock);
 		if (e == NULL)
 		{
 			pg_atomic_fetch_add_u32(&tm_shared->unregistered, 1);
 			l->unregistered = true;
+			continue;
 		}
-		else
-		{
-			e->pending++;
-			l->entry = e;
-			l->registered = true;
-		}
+		e->pending++;
+		l->entry = e;
+		l->registered = true;
 		LWLockRelease(lock);
 	}
-	ConditionVariableCancelSleep();
+}
+
+/* Applies one transaction's notes to its entry; partition lock held. */
+static void
+tm_apply_locked(TmEntry *e, TmLocal *l)
+{
+	bool		other_period = l->mixed || l->stale ||
+		(!e->is_gauge && l->amount != 0 &&
+		 (l->ps != e->period_start || l->pe != e->period_end));
+
+	if (e->build >= 0)
+	{
+		/* being built: hand the amount to the builder */
+		TmBuild    *b = &tm_shared->builds[e->build];
+
+		if (l->mixed || l->stale || b->nlate >= TM_MAX_LATE ||
+			!TransactionIdIsValid(tm_commit_xid))
+			b->spoiled = true;
+		else if (l->amount != 0)
+		{
+			b->late[b->nlate].xid = tm_commit_xid;
+			b->late[b->nlate].amount = l->amount;
+			b->nlate++;
+		}
+	}
+	else if (e->valid)
+	{
+		if (other_period)
+			e->valid = false;
+		else
+			e->used += l->amount;
+	}
+	if (l->created_org)
+		e->org_exists = true;
 }
 
 /* COMMIT (rows visible) or ABORT: apply or drop, unregister.  No errors. */
@@ -900,7 +1000,6 @@ tm_end_xact(bool commit)
 {
 	HASH_SEQ_STATUS seq;
 	TmLocal    *l;
-	bool		wake = false;
 
 	if (tm_local != NULL && tm_shared != NULL)
 	{
@@ -919,29 +1018,15 @@ tm_end_xact(bool commit)
 			LWLockAcquire(lock, LW_EXCLUSIVE);
 			e->reserved -= l->reserved;
 			if (l->registered)
-			{
 				e->pending--;
-				if (e->pending == 0 && e->gate)
-					wake = true;
-			}
-			if (commit && e->valid)
-			{
-				if (l->mixed ||
-					(!e->is_gauge && l->amount != 0 &&
-					 (l->ps != e->period_start || l->pe != e->period_end)))
-					e->valid = false;
-				else
-					e->used += l->amount;
-				if (l->created_org)
-					e->org_exists = true;
-			}
+			if (commit && l->registered)
+				tm_apply_locked(e, l);
 			LWLockRelease(lock);
 		}
 	}
 	if (commit && (tm_inval_all || tm_inval_orgs != NULL) && tm_shared != NULL)
 		tm_apply_invalidations();
-	if (wake)
-		ConditionVariableBroadcast(&tm_shared->cv);
+	tm_commit_xid = InvalidTransactionId;
 	tm_local_reset();
 }
 

@@ -250,22 +250,35 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(tm_status_datum(fcinfo, &c.of, &c.sums, TM_REASON_AUTO));
 }
 
-/* consume's decision on the table path; reserves in the cache if enabled. */
+/*
+ * consume's decision on the table path, serialized by the advisory lock.
+ * With the cache, the amount is reserved first, then the others' reservations
+ * are read, then the ledger is summed: a cache-path consumer committing
+ * meanwhile is counted (at worst twice, never not at all).
+ */
 static TmReason
 tm_consume_table(TmCall *c)
 {
-	Snapshot	snapshot = tm_lock_org_feature(&c->of);
-	int64		others = c->cached ? tm_cache_reserved_by_others(&c->ckey, c->hash) : 0;
+	int64		others = 0;
 	int64		quota;
 
-	c->sums = tm_sums(&c->of, snapshot, false);
+	(void) tm_lock_org_feature(&c->of);
+	if (c->cached)
+	{
+		c->reserved = tm_cache_reserve_fallback(&c->ckey, c->hash, c->amount);
+		others = tm_cache_reserved_by_others(&c->ckey, c->hash);
+	}
+	c->sums = tm_sums(&c->of, tm_latest_snapshot(), false);
 	if (c->of.unlimited)
 		return TM_REASON_RECORDED;
 	quota = c->of.base_quota + c->sums.granted;
 	if (quota == 0 || c->sums.used + others + c->amount > quota)
+	{
+		if (c->reserved)
+			tm_cache_unreserve(&c->ckey, c->hash, c->amount);
+		c->reserved = false;
 		return TM_REASON_REFUSED;
-	if (c->cached)
-		c->reserved = tm_cache_reserve_fallback(&c->ckey, c->hash, c->amount);
+	}
 	return TM_REASON_RECORDED;
 }
 

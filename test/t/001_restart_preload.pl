@@ -76,5 +76,25 @@ $node->append_conf('postgresql.conf', "shared_preload_libraries = 'tiermeter'");
 $node->restart;
 check_all('preloaded again');
 
+# a cache far smaller than the working set: entries are evicted, and the
+# answers stay those of the tables
+$node->append_conf('postgresql.conf', "tiermeter.cache_size = 16");
+$node->restart;
+is(sql("SHOW tiermeter.cache_size"), '16', 'a small cache');
+for my $round (1 .. 3)
+{
+	sql("SELECT tiermeter.record_usage('small-' || i, i) FROM generate_series(1, 60) i");
+	sql("SELECT tiermeter.check_org_limits('small-' || i) FROM generate_series(60, 1, -1) i");
+}
+is(sql("SELECT count(*) FROM generate_series(1, 60) i
+         WHERE (tiermeter.check_org_limits('small-' || i)).used <> 3 * i"),
+   '0', 'every org right after evictions');
+sql("SELECT tiermeter.consume('small-' || i, 3600 - 3 * i) FROM generate_series(1, 60) i");
+is(sql("SELECT count(*) FROM generate_series(1, 60) i
+         WHERE (tiermeter.consume('small-' || i, 1)).allowed"),
+   '0', 'consume stops at the quota for every org after evictions');
+is(sql("SELECT sum(used) FROM generate_series(1, 60) s(i), tiermeter.check_org_limits('small-' || i)"),
+   60 * 3600, 'and used is exactly the quota everywhere');
+
 $node->stop;
 done_testing();
