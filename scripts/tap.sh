@@ -18,4 +18,4 @@ else
 fi
 cd "$tmp"
 "${runas[@]}" env PATH="$PGBIN:$PATH" PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
-	prove ${PROVE_FLAGS:-} -I "$PERL5" t/*.pl || { for f in tmp_check/log/*; do echo "--- $f"; tail -30 "$f"; done; exit 1; }
+	prove ${PROVE_FLAGS:-} -I "$PERL5" t/*.pl || { for f in tmp_check/log/*; do echo "--- $f"; tail -30 "$f"; cp "$f" /tmp/ 2>/dev/null; done; exit 1; }

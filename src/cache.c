@@ -543,9 +543,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			sums->used += tm_own_amount(key, of);
 			return true;
 		}
-		if (e->build < 0)
-			e->build = tm_build_slot_take();
-		if (e->build >= 0)
+		if (e->build < 0 && (e->build = tm_build_slot_take()) >= 0)
 		{
 			tm_build_entry = e;
 			tm_build_partition = hash % TM_PARTITIONS;
