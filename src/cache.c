@@ -23,7 +23,12 @@
  * it appends (xid, amount) to the slot instead.  At install the builder adds
  * the amounts of those xids its snapshot did not see; the others are in its
  * sum.  A commit whose COMMIT step ran before the slot opened was visible
- * before the snapshot, so it is in the sum.  Whatever the slot cannot
+ * before the snapshot, so it is in the sum.  A commit visible to the
+ * snapshot whose COMMIT step had not run yet registered before the
+ * snapshot: after its snapshot the builder starts a new registration epoch
+ * and waits for the older registrations to finish (they are past every
+ * lock and never wait on us), so their steps land in the late list.
+ * Whatever the slot cannot
  * represent (overflow, amounts of another period, a commit with no entry,
  * a config change meanwhile) leaves the entry invalid, and the answer still
  * comes from the tables.  A second builder of the same entry does not wait:
@@ -80,7 +85,10 @@ typedef struct TmEntry
 	TmCacheKey	key;
 	bool		valid;
 	int16		build;			/* build slot while being built, else -1 */
-	int32		pending;		/* transactions between PRE_COMMIT and COMMIT/ABORT */
+	uint32		epoch;			/* bumped by each build after its snapshot */
+	int32		pending[2];		/* transactions between PRE_COMMIT and
+								 * COMMIT/ABORT, by parity of the epoch they
+								 * registered in */
 	int64		reserved;		/* consume amounts not yet committed */
 	int64		used;			/* committed usage in [period_start, period_end) */
 	int64		granted;
@@ -131,6 +139,7 @@ typedef struct TmLocal
 	bool		stale;			/* amounts outside the period: rebuild */
 	bool		created_org;
 	bool		registered;
+	uint32		reg_epoch;		/* the entry's epoch when we registered */
 	bool		unregistered;
 	TmEntry    *entry;			/* pinned while registered or reserved */
 } TmLocal;
@@ -280,7 +289,8 @@ tm_evict(void)
 	hash_seq_init(&seq, tm_htab);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->pending == 0 && e->reserved == 0 && e->build < 0 && n < tm_cache_size)
+		if (e->pending[0] == 0 && e->pending[1] == 0 && e->reserved == 0 &&
+			e->build < 0 && n < tm_cache_size)
 		{
 			v[n].e = e;
 			v[n].at = pg_atomic_read_u64(&e->last_access);
@@ -309,7 +319,8 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 	{
 		e->valid = false;
 		e->build = -1;
-		e->pending = 0;
+		e->epoch = 0;
+		e->pending[0] = e->pending[1] = 0;
 		e->reserved = 0;
 		e->used = 0;
 		pg_atomic_init_u64(&e->last_access, (uint64) GetCurrentTransactionStartTimestamp());
@@ -511,6 +522,37 @@ tm_build_abandon_on_exit(int code, Datum arg)
 }
 
 /*
+ * Starts a new registration epoch on e and waits (polling, at most a second)
+ * until no transaction registered in an earlier epoch is still between its
+ * PRE_COMMIT and COMMIT steps.  Such transactions are past every lock wait;
+ * false if they did not finish in time.
+ */
+static bool
+tm_wait_registrations(TmEntry *e, LWLock *lock)
+{
+	uint32		old;
+	int			waited;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	old = e->epoch++;
+	LWLockRelease(lock);
+	for (waited = 0;; waited++)
+	{
+		int32		pending;
+
+		LWLockAcquire(lock, LW_SHARED);
+		pending = e->pending[old & 1];
+		LWLockRelease(lock);
+		if (pending == 0)
+			return true;
+		if (waited >= 10000)
+			return false;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(100L);
+	}
+}
+
+/*
  * Answers key from the tables (inside SPI), and installs the answer in the
  * cache when it can.  Fills of and sums (with this transaction's own
  * amounts) either way; returns whether it installed a valid entry.
@@ -557,13 +599,23 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	{
 		Snapshot	snapshot;
 		uint64		gen0 = pg_atomic_read_u64(&tm_shared->generation);
-		bool		clean = pg_atomic_read_u32(&tm_shared->unregistered) == 0;
+		volatile bool clean = pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 
 		/* everything committed, nothing of our own transaction */
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		snapshot->curcid = FirstCommandId;
 		tm_lookup(of, org_id, feature, snapshot, cxt);
 		*sums = tm_sums(of, snapshot, true);
+
+		/*
+		 * A commit visible to the snapshot may not have done its COMMIT step
+		 * yet; if that step came after the install it would add what the sum
+		 * already has.  Such commits registered before the snapshot: wait for
+		 * every registration older than now (they never wait on us) so that
+		 * their COMMIT steps land in the build's late list.
+		 */
+		if (e != NULL && !tm_wait_registrations(e, lock))
+			clean = false;
 
 		if (e != NULL)
 		{
@@ -951,7 +1003,8 @@ tm_pre_commit(void)
 			l->unregistered = true;
 			continue;
 		}
-		e->pending++;
+		l->reg_epoch = e->epoch;
+		e->pending[l->reg_epoch & 1]++;
 		l->entry = e;
 		l->registered = true;
 		LWLockRelease(lock);
@@ -1016,7 +1069,7 @@ tm_end_xact(bool commit)
 			LWLockAcquire(lock, LW_EXCLUSIVE);
 			e->reserved -= l->reserved;
 			if (l->registered)
-				e->pending--;
+				e->pending[l->reg_epoch & 1]--;
 			if (commit && l->registered)
 				tm_apply_locked(e, l);
 			LWLockRelease(lock);
