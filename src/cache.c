@@ -153,7 +153,20 @@ typedef struct TmUndo
 	int64		reserved;
 } TmUndo;
 
-static HTAB *tm_local = NULL;	/* in TopTransactionContext */
+/*
+ * This transaction's notes: the first key inline (most transactions touch
+ * one), the others in a hash table in TopTransactionContext.
+ */
+static TmLocal tm_first;
+static bool tm_first_used = false;
+static HTAB *tm_local = NULL;
+
+typedef struct TmLocalIter
+{
+	bool		first_done;
+	bool		in_hash;
+	HASH_SEQ_STATUS seq;
+} TmLocalIter;
 static List *tm_undo = NIL;		/* in TopTransactionContext */
 static bool tm_inval_all = false;
 static HTAB *tm_inval_orgs = NULL;	/* org ids, in TopTransactionContext */
@@ -393,15 +406,42 @@ tm_entry_copy(const TmEntry *e, TmOrgFeature *of, TmSums *sums,
 	sums->granted = e->granted;
 }
 
+static TmLocal *
+tm_local_find(const TmCacheKey *key)
+{
+	if (tm_first_used && memcmp(&tm_first.key, key, sizeof(TmCacheKey)) == 0)
+		return &tm_first;
+	if (tm_local != NULL)
+		return hash_search(tm_local, key, HASH_FIND, NULL);
+	return NULL;
+}
+
+static TmLocal *
+tm_local_next(TmLocalIter *it)
+{
+	if (!it->first_done)
+	{
+		it->first_done = true;
+		if (tm_first_used)
+			return &tm_first;
+	}
+	if (tm_local == NULL)
+		return NULL;
+	if (!it->in_hash)
+	{
+		hash_seq_init(&it->seq, tm_local);
+		it->in_hash = true;
+	}
+	return hash_seq_search(&it->seq);
+}
+
 /* This transaction's own uncommitted amount for a key, in its period. */
 static int64
 tm_own_amount(const TmCacheKey *key, const TmOrgFeature *of)
 {
 	TmLocal    *l;
 
-	if (tm_local == NULL)
-		return 0;
-	l = hash_search(tm_local, key, HASH_FIND, NULL);
+	l = tm_local_find(key);
 	if (l == NULL || l->mixed)
 		return 0;
 	if (!of->is_gauge && (l->ps != of->period.start || l->pe != of->period.end))
@@ -672,35 +712,43 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 static TmLocal *
 tm_local_entry(const TmCacheKey *key, uint32 hash)
 {
-	TmLocal    *l;
-	bool		found;
+	TmLocal    *l = tm_local_find(key);
 
-	if (tm_local == NULL)
+	if (l != NULL)
+		return l;
+	if (!tm_first_used)
 	{
-		HASHCTL		info;
+		l = &tm_first;
+		tm_first_used = true;
+		l->key = *key;
+	}
+	else
+	{
+		if (tm_local == NULL)
+		{
+			HASHCTL		info;
 
-		info.keysize = sizeof(TmCacheKey);
-		info.entrysize = sizeof(TmLocal);
-		info.hcxt = TopTransactionContext;
-		tm_local = hash_create("tiermeter pending", 64, &info,
-							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+			info.keysize = sizeof(TmCacheKey);
+			info.entrysize = sizeof(TmLocal);
+			info.hcxt = TopTransactionContext;
+			tm_local = hash_create("tiermeter pending", 64, &info,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		}
+		l = hash_search(tm_local, key, HASH_ENTER, NULL);
 	}
-	l = hash_search(tm_local, key, HASH_ENTER, &found);
-	if (!found)
-	{
-		l->hash = hash;
-		l->amount = 0;
-		l->reserved = 0;
-		l->ps = 0;
-		l->pe = 0;
-		l->has_period = false;
-		l->mixed = false;
-		l->stale = false;
-		l->created_org = false;
-		l->registered = false;
-		l->unregistered = false;
-		l->entry = NULL;
-	}
+	l->hash = hash;
+	l->amount = 0;
+	l->reserved = 0;
+	l->ps = 0;
+	l->pe = 0;
+	l->has_period = false;
+	l->mixed = false;
+	l->stale = false;
+	l->created_org = false;
+	l->registered = false;
+	l->reg_epoch = 0;
+	l->unregistered = false;
+	l->entry = NULL;
 	return l;
 }
 
@@ -785,7 +833,7 @@ tm_cache_reserved_by_others(const TmCacheKey *key, uint32 hash)
 {
 	LWLock	   *lock = tm_lock_for(hash);
 	TmEntry    *e;
-	TmLocal    *l = tm_local ? hash_search(tm_local, key, HASH_FIND, NULL) : NULL;
+	TmLocal    *l = tm_local_find(key);
 	int64		r = 0;
 
 	LWLockAcquire(lock, LW_SHARED);
@@ -819,7 +867,7 @@ void
 tm_cache_unreserve(const TmCacheKey *key, uint32 hash, int64 amount)
 {
 	LWLock	   *lock = tm_lock_for(hash);
-	TmLocal    *l = hash_search(tm_local, key, HASH_FIND, NULL);
+	TmLocal    *l = tm_local_find(key);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	l->entry->reserved -= amount;
@@ -970,6 +1018,7 @@ tm_apply_invalidations(void)
 static void
 tm_local_reset(void)
 {
+	tm_first_used = false;
 	tm_local = NULL;
 	tm_undo = NIL;
 	tm_inval_all = false;
@@ -980,14 +1029,11 @@ tm_local_reset(void)
 static void
 tm_pre_commit(void)
 {
-	HASH_SEQ_STATUS seq;
+	TmLocalIter it = {0};
 	TmLocal    *l;
 
-	if (tm_local == NULL)
-		return;
 	tm_commit_xid = GetTopTransactionIdIfAny();
-	hash_seq_init(&seq, tm_local);
-	while ((l = hash_seq_search(&seq)) != NULL)
+	while ((l = tm_local_next(&it)) != NULL)
 	{
 		LWLock	   *lock;
 		TmEntry    *e;
@@ -1049,13 +1095,12 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 static void
 tm_end_xact(bool commit)
 {
-	HASH_SEQ_STATUS seq;
+	TmLocalIter it = {0};
 	TmLocal    *l;
 
-	if (tm_local != NULL && tm_shared != NULL)
+	if (tm_shared != NULL)
 	{
-		hash_seq_init(&seq, tm_local);
-		while ((l = hash_seq_search(&seq)) != NULL)
+		while ((l = tm_local_next(&it)) != NULL)
 		{
 			TmEntry    *e = l->entry;
 			LWLock	   *lock;
@@ -1098,7 +1143,7 @@ tm_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_PREPARE:
 		case XACT_EVENT_PRE_PREPARE:
-			if (tm_local != NULL || tm_inval_all || tm_inval_orgs != NULL)
+			if (tm_first_used || tm_inval_all || tm_inval_orgs != NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("tiermeter: cannot PREPARE a transaction that recorded usage")));
@@ -1136,7 +1181,7 @@ tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 			if (u->subid != mySubid)
 				continue;
-			l = hash_search(tm_local, &u->key, HASH_FIND, NULL);
+			l = tm_local_find(&u->key);
 			if (l == NULL)
 				continue;
 			l->amount -= u->amount;

@@ -8,6 +8,7 @@
 #include "common/int.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -55,12 +56,21 @@ tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 	int64		pct;
 	bool		allowed;
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "tiermeter: return type must be a row type");
-	if (tupdesc->natts != LS_NATTS)
-		elog(ERROR, "tiermeter: limit_status has %d columns, expected %d",
-			 tupdesc->natts, LS_NATTS);
-	tupdesc = BlessTupleDesc(tupdesc);
+	/* the result descriptor, once per query (fn_extra lives in fn_mcxt) */
+	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	if (tupdesc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "tiermeter: return type must be a row type");
+		if (tupdesc->natts != LS_NATTS)
+			elog(ERROR, "tiermeter: limit_status has %d columns, expected %d",
+				 tupdesc->natts, LS_NATTS);
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		fcinfo->flinfo->fn_extra = tupdesc;
+		MemoryContextSwitchTo(old);
+	}
 
 	memset(nulls, 0, sizeof(nulls));
 
