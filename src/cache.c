@@ -11,7 +11,7 @@
  *
  * How committed usage reaches an entry.  A transaction keeps what it
  * recorded in a backend-local table.  At PRE_COMMIT it registers with each
- * entry it touched (entry->pending++, which pins the entry, creating an
+ * entry it touched (entry->pending, which pins the entry, creating an
  * invalid one if needed); at COMMIT, after its rows became visible, it adds
  * its amounts if the entry is valid, and unregisters; at ABORT it only
  * unregisters.  Nobody ever sleeps on another backend here.
@@ -76,7 +76,7 @@ typedef struct TmLate
 typedef struct TmBuild
 {
 	bool		spoiled;		/* something happened it cannot represent */
-	int			nlate;
+	pg_atomic_uint32 nlate;		/* appended under a shared lock */
 	TmLate		late[TM_MAX_LATE];
 } TmBuild;
 
@@ -86,11 +86,11 @@ typedef struct TmEntry
 	bool		valid;
 	int16		build;			/* build slot while being built, else -1 */
 	uint32		epoch;			/* bumped by each build after its snapshot */
-	int32		pending[2];		/* transactions between PRE_COMMIT and
-								 * COMMIT/ABORT, by parity of the epoch they
-								 * registered in */
-	int64		reserved;		/* consume amounts not yet committed */
-	int64		used;			/* committed usage in [period_start, period_end) */
+	pg_atomic_uint32 pending[2];	/* transactions between PRE_COMMIT and
+									 * COMMIT/ABORT, by parity of the epoch
+									 * they registered in */
+	pg_atomic_uint64 reserved;	/* consume amounts not yet committed */
+	pg_atomic_uint64 used;		/* committed usage in [period_start, period_end) */
 	int64		granted;
 	int64		base_quota;
 	TimestampTz period_start;
@@ -116,6 +116,22 @@ typedef struct TmShared
 	bool		build_used[TM_MAX_BUILDS];
 	TmBuild		builds[TM_MAX_BUILDS];
 } TmShared;
+
+/*
+ * used, reserved and pending change under the partition lock held in shared
+ * mode (commits of one org run in parallel), so they are atomics; anything
+ * that must see them still, a build's install or a reservation, holds the
+ * lock exclusively.
+ */
+#define TM_GET(a)		((int64) pg_atomic_read_u64(&(a)))
+#define TM_ADD(a, v)	((void) pg_atomic_fetch_add_u64(&(a), (int64) (v)))
+#define TM_SET(a, v)	pg_atomic_write_u64(&(a), (uint64) (v))
+
+static inline uint32
+tm_pending(TmEntry *e)
+{
+	return pg_atomic_read_u32(&e->pending[0]) + pg_atomic_read_u32(&e->pending[1]);
+}
 
 int			tm_cache_size = 100000;
 
@@ -302,7 +318,7 @@ tm_evict(void)
 	hash_seq_init(&seq, tm_htab);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->pending[0] == 0 && e->pending[1] == 0 && e->reserved == 0 &&
+		if (tm_pending(e) == 0 && TM_GET(e->reserved) == 0 &&
 			e->build < 0 && n < tm_cache_size)
 		{
 			v[n].e = e;
@@ -333,9 +349,10 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 		e->valid = false;
 		e->build = -1;
 		e->epoch = 0;
-		e->pending[0] = e->pending[1] = 0;
-		e->reserved = 0;
-		e->used = 0;
+		pg_atomic_init_u32(&e->pending[0], 0);
+		pg_atomic_init_u32(&e->pending[1], 0);
+		pg_atomic_init_u64(&e->reserved, 0);
+		pg_atomic_init_u64(&e->used, 0);
 		pg_atomic_init_u64(&e->last_access, (uint64) GetCurrentTransactionStartTimestamp());
 	}
 	return e;
@@ -385,7 +402,7 @@ tm_entry_current(const TmEntry *e, TimestampTz now)
 
 /* Copies an entry's answer out; its strings go into cxt. */
 static void
-tm_entry_copy(const TmEntry *e, TmOrgFeature *of, TmSums *sums,
+tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
 			  const char *org_id, const char *feature, MemoryContext cxt)
 {
 	of->org_id = MemoryContextStrdup(cxt, org_id);
@@ -402,7 +419,7 @@ tm_entry_copy(const TmEntry *e, TmOrgFeature *of, TmSums *sums,
 	of->warning_percent = e->warning_percent;
 	of->period.start = e->period_start;
 	of->period.end = e->period_end;
-	sums->used = e->used;
+	sums->used = TM_GET(e->used);
 	sums->granted = e->granted;
 }
 
@@ -519,7 +536,7 @@ tm_build_slot_take(void)
 	if (slot >= 0)
 	{
 		tm_shared->builds[slot].spoiled = false;
-		tm_shared->builds[slot].nlate = 0;
+		pg_atomic_init_u32(&tm_shared->builds[slot].nlate, 0);
 	}
 	return slot;
 }
@@ -581,7 +598,7 @@ tm_wait_registrations(TmEntry *e, LWLock *lock)
 		int32		pending;
 
 		LWLockAcquire(lock, LW_SHARED);
-		pending = e->pending[old & 1];
+		pending = pg_atomic_read_u32(&e->pending[old & 1]);
 		LWLockRelease(lock);
 		if (pending == 0)
 			return true;
@@ -665,10 +682,10 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			LWLockAcquire(lock, LW_EXCLUSIVE);
 			b = &tm_shared->builds[e->build];
 			/* commits that finished during the build and were not in the sum */
-			for (i = 0; i < b->nlate; i++)
+			for (i = 0; i < Min(pg_atomic_read_u32(&b->nlate), TM_MAX_LATE); i++)
 				if (XidInMVCCSnapshot(b->late[i].xid, snapshot))
 					sums->used += b->late[i].amount;
-			e->used = sums->used;
+			TM_SET(e->used, sums->used);
 			e->granted = sums->granted;
 			e->base_quota = of->base_quota;
 			e->period_start = of->period.start;
@@ -806,15 +823,15 @@ tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 	quota = e->base_quota + e->granted;
 	/* own record_usage amounts are not in reserved; own consumes are */
 	if (!e->unlimited &&
-		(quota == 0 || e->used + e->reserved + (own - l->reserved) + amount > quota))
+		(quota == 0 || TM_GET(e->used) + TM_GET(e->reserved) + (own - l->reserved) + amount > quota))
 	{
-		sums->used = e->used + own;
+		sums->used = TM_GET(e->used) + own;
 		sums->granted = e->granted;
 		LWLockRelease(lock);
 		return TM_RESERVE_REFUSED;
 	}
-	e->reserved += amount;
-	sums->used = e->used + own + amount;
+	TM_ADD(e->reserved, amount);
+	sums->used = TM_GET(e->used) + own + amount;
 	sums->granted = e->granted;
 	LWLockRelease(lock);
 
@@ -839,7 +856,7 @@ tm_cache_reserved_by_others(const TmCacheKey *key, uint32 hash)
 	LWLockAcquire(lock, LW_SHARED);
 	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
 	if (e != NULL)
-		r = e->reserved - (l ? l->reserved : 0);
+		r = TM_GET(e->reserved) - (l ? l->reserved : 0);
 	LWLockRelease(lock);
 	return r;
 }
@@ -854,7 +871,7 @@ tm_cache_reserve_fallback(const TmCacheKey *key, uint32 hash, int64 amount)
 	e = tm_enter_locked(key, hash, lock);
 	if (e == NULL)
 		return false;
-	e->reserved += amount;
+	TM_ADD(e->reserved, amount);
 	LWLockRelease(lock);
 	l->entry = e;
 	l->reserved += amount;
@@ -869,8 +886,8 @@ tm_cache_unreserve(const TmCacheKey *key, uint32 hash, int64 amount)
 	LWLock	   *lock = tm_lock_for(hash);
 	TmLocal    *l = tm_local_find(key);
 
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	l->entry->reserved -= amount;
+	LWLockAcquire(lock, LW_SHARED);
+	TM_ADD(l->entry->reserved, -amount);
 	LWLockRelease(lock);
 	l->reserved -= amount;
 	tm_undo_push(key, 0, -amount);
@@ -1042,7 +1059,14 @@ tm_pre_commit(void)
 			!l->mixed && !l->stale)
 			continue;
 		lock = tm_lock_for(l->hash);
-		e = tm_enter_locked(&l->key, l->hash, lock);
+		/* usually the entry is there: a shared lock is enough to pin it */
+		LWLockAcquire(lock, LW_SHARED);
+		e = hash_search_with_hash_value(tm_htab, &l->key, l->hash, HASH_FIND, NULL);
+		if (e == NULL)
+		{
+			LWLockRelease(lock);
+			e = tm_enter_locked(&l->key, l->hash, lock);
+		}
 		if (e == NULL)
 		{
 			pg_atomic_fetch_add_u32(&tm_shared->unregistered, 1);
@@ -1050,14 +1074,17 @@ tm_pre_commit(void)
 			continue;
 		}
 		l->reg_epoch = e->epoch;
-		e->pending[l->reg_epoch & 1]++;
+		pg_atomic_fetch_add_u32(&e->pending[l->reg_epoch & 1], 1);
 		l->entry = e;
 		l->registered = true;
 		LWLockRelease(lock);
 	}
 }
 
-/* Applies one transaction's notes to its entry; partition lock held. */
+/*
+ * Applies one transaction's notes to its entry.  The partition lock is held
+ * in shared mode: other commits of the same org apply at the same time.
+ */
 static void
 tm_apply_locked(TmEntry *e, TmLocal *l)
 {
@@ -1070,14 +1097,19 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 		/* being built: hand the amount to the builder */
 		TmBuild    *b = &tm_shared->builds[e->build];
 
-		if (l->mixed || l->stale || b->nlate >= TM_MAX_LATE ||
-			!TransactionIdIsValid(tm_commit_xid))
+		if (l->mixed || l->stale || !TransactionIdIsValid(tm_commit_xid))
 			b->spoiled = true;
 		else if (l->amount != 0)
 		{
-			b->late[b->nlate].xid = tm_commit_xid;
-			b->late[b->nlate].amount = l->amount;
-			b->nlate++;
+			uint32		i = pg_atomic_fetch_add_u32(&b->nlate, 1);
+
+			if (i < TM_MAX_LATE)
+			{
+				b->late[i].xid = tm_commit_xid;
+				b->late[i].amount = l->amount;
+			}
+			else
+				b->spoiled = true;
 		}
 	}
 	else if (e->valid)
@@ -1085,7 +1117,7 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 		if (other_period)
 			e->valid = false;
 		else
-			e->used += l->amount;
+			TM_ADD(e->used, l->amount);
 	}
 	if (l->created_org)
 		e->org_exists = true;
@@ -1111,12 +1143,14 @@ tm_end_xact(bool commit)
 			if (e == NULL || (!l->registered && l->reserved == 0))
 				continue;
 			lock = tm_lock_for(l->hash);
-			LWLockAcquire(lock, LW_EXCLUSIVE);
-			e->reserved -= l->reserved;
-			if (l->registered)
-				e->pending[l->reg_epoch & 1]--;
+			LWLockAcquire(lock, LW_SHARED);
+			/* usage first, then the reservation goes, then we unregister */
 			if (commit && l->registered)
 				tm_apply_locked(e, l);
+			if (l->reserved != 0)
+				TM_ADD(e->reserved, -l->reserved);
+			if (l->registered)
+				pg_atomic_fetch_sub_u32(&e->pending[l->reg_epoch & 1], 1);
 			LWLockRelease(lock);
 		}
 	}
@@ -1189,8 +1223,8 @@ tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			{
 				LWLock	   *lock = tm_lock_for(l->hash);
 
-				LWLockAcquire(lock, LW_EXCLUSIVE);
-				l->entry->reserved -= u->reserved;
+				LWLockAcquire(lock, LW_SHARED);
+				TM_ADD(l->entry->reserved, -u->reserved);
 				LWLockRelease(lock);
 				l->reserved -= u->reserved;
 			}

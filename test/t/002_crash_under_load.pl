@@ -26,9 +26,11 @@ for my $o (0 .. $orgs - 1)
 }
 
 # Each client runs one psql that records usage in a loop, one call per
-# transaction, and echoes a line after each call returns: the echo reaches
-# us only once the commit was acknowledged.  Half use record_usage, half
-# consume; every call carries an idempotency key.
+# transaction, and echoes a line after each call returns.  With
+# ON_ERROR_STOP, psql runs the echo only if the call got its ReadyForQuery,
+# after the commit; a call cut off by the crash stops the script before its
+# echo (its row may have been printed already, so rows are not counted).
+# Half use record_usage, half consume; every call carries an idempotency key.
 my $dir = PostgreSQL::Test::Utils::tempdir;
 my @procs;
 for my $c (0 .. $clients - 1)
@@ -45,7 +47,8 @@ for my $c (0 .. $clients - 1)
 	close $fh;
 	my ($out, $err) = ('', '');
 	my $h = IPC::Run::start(
-		[ 'psql', '-X', '-q', '-t', '-A', '-d', $node->connstr('postgres'), '-f', "$dir/client$c.sql" ],
+		[ 'psql', '-X', '-q', '-t', '-A', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'),
+		  '-f', "$dir/client$c.sql" ],
 		'>', "$dir/client$c.out", '2>', "$dir/client$c.err");
 	push @procs, $h;
 }
@@ -67,6 +70,20 @@ for my $c (0 .. $clients - 1)
 	$total_acked += $n;
 }
 cmp_ok($total_acked, '>', 100, "clients had $total_acked commits acknowledged before the crash");
+my $refused = 0;
+for my $c (0 .. $clients - 1)
+{
+	open my $fh, '<', "$dir/client$c.out" or die;
+	my @lines = <$fh>;
+	close $fh;
+	for my $i (0 .. $#lines)
+	{
+		next unless $lines[$i] =~ /^f$/;
+		$refused++;
+		diag("client $c refused before: " . ($lines[$i + 1] // 'end'));
+	}
+}
+is($refused, 0, 'no call was refused (the quotas are 10^12)');
 
 $node->start;
 
@@ -90,9 +107,12 @@ my $missing = 0;
 for my $c (0 .. $clients - 1)
 {
 	open my $fh, '<', "$dir/client$c.out" or die;
-	for (<$fh>)
+	my @acks = grep { /^ack / } <$fh>;
+	for my $i (0 .. $#acks)
 	{
-		$missing++ if /^ack (\S+)/ && !$keys{$1};
+		next unless $acks[$i] =~ /^ack (\S+)/ && !$keys{$1};
+		$missing++;
+		diag("missing $1, ack " . ($i + 1) . " of " . scalar(@acks) . " of client $c");
 	}
 	close $fh;
 }
