@@ -17,6 +17,7 @@ OBJS = \
 	src/limits.o \
 	src/usage.o \
 	src/cache.o \
+	src/stripe.o \
 	src/format.o
 
 DATA = $(wildcard sql/tiermeter--*.sql)

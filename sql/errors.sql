@@ -65,7 +65,11 @@ SELECT q, pg_temp.err(q) FROM unnest(ARRAY[
 	$q$SELECT tiermeter.grant_usage('e-1', 1, 'minutes')$q$,
 	$q$SELECT tiermeter.set_org_tier('e-1', 'gold')$q$,
 	-- occurred_at too far ahead
-	$q$SELECT tiermeter.record_usage('e-1', 1, occurred_at => now() + interval '1 hour')$q$
+	$q$SELECT tiermeter.record_usage('e-1', 1, occurred_at => now() + interval '1 hour')$q$,
+	-- signature checks: bad arguments (a bad header is just false)
+	$q$SELECT tiermeter.verify_stripe_signature(NULL, $$t=1,v1=00$$, $$s$$)$q$,
+	$q$SELECT tiermeter.verify_stripe_signature($$x$$, $$t=1,v1=00$$, $$$$)$q$,
+	$q$SELECT tiermeter.verify_stripe_signature($$x$$, $$t=1,v1=00$$, $$s$$, -5)$q$
 ]) AS q;
 
 -- nothing changed

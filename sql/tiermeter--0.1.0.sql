@@ -252,6 +252,13 @@ RETURNS @extschema@.limit_status
 AS 'MODULE_PATHNAME', 'tiermeter_consume'
 LANGUAGE C VOLATILE CALLED ON NULL INPUT;
 
+CREATE FUNCTION @extschema@.verify_stripe_signature(
+	payload text, signature_header text, secret text,
+	tolerance_seconds integer DEFAULT 300, at timestamptz DEFAULT now())
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'tiermeter_verify_stripe_signature'
+LANGUAGE C STABLE CALLED ON NULL INPUT;
+
 -- Internal helpers shared by the admin functions below.
 CREATE FUNCTION @extschema@._ensure_org(org_id text) RETURNS void
 AS 'MODULE_PATHNAME', 'tiermeter_ensure_org'
@@ -404,6 +411,7 @@ COMMENT ON FUNCTION @extschema@.format_duration(bigint) IS 'Seconds as ''<h>h <m
 COMMENT ON FUNCTION @extschema@.check_org_limits(text, text) IS 'Read-only: the limit status of one org and feature in the current period.';
 COMMENT ON FUNCTION @extschema@.record_usage(text, bigint, text, text, text, timestamptz) IS 'Records usage that happened (even past the quota) and returns the status after it; idempotent by (org_id, idempotency_key).';
 COMMENT ON FUNCTION @extschema@.consume(text, bigint, text, text, text) IS 'Records usage only if it stays within the quota; allowed says whether it was recorded.';
+COMMENT ON FUNCTION @extschema@.verify_stripe_signature(text, text, text, integer, timestamptz) IS 'Stripe webhook signature check: some v1 = hex(HMAC-SHA256(secret, t.payload)), in constant time, and |at - t| <= tolerance; a malformed header is false.';
 COMMENT ON FUNCTION @extschema@._ensure_org(text) IS 'Internal: validates an org id and creates the org on the default tier if unknown.';
 COMMENT ON FUNCTION @extschema@._require_feature(text) IS 'Internal: errors unless the feature exists; returns its kind.';
 COMMENT ON FUNCTION @extschema@._require_tier(text) IS 'Internal: errors unless the tier exists.';
