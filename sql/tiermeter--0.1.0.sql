@@ -340,6 +340,233 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
+-- Stripe subscription events (SPEC §3 "Billing"; docs/stripe.md).
+------------------------------------------------------------------------------
+
+-- Every event received, forever: the idempotency key and the audit trail.
+CREATE TABLE @extschema@.stripe_events (
+	event_id		text PRIMARY KEY,
+	type			text NOT NULL,
+	created			timestamptz NOT NULL,
+	org_id			text,
+	subscription_id	text,
+	customer_id		text,
+	outcome			text CHECK (outcome IN ('applied', 'stale', 'ignored', 'unmapped')),
+	received_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX stripe_events_org ON @extschema@.stripe_events (org_id, created);
+
+-- Per subscription, the last applied event: the order of events.
+CREATE TABLE @extschema@.stripe_subscriptions (
+	subscription_id	text PRIMARY KEY,
+	org_id			text,
+	last_created	timestamptz NOT NULL,
+	last_event_id	text
+);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.stripe_events', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.stripe_subscriptions', '');
+
+CREATE FUNCTION @extschema@._stripe_time(v jsonb) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE WHEN jsonb_typeof(v) = 'number' THEN to_timestamp((v #>> '{}')::double precision) END
+$$;
+
+CREATE FUNCTION @extschema@._stripe_malformed(what text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RAISE EXCEPTION 'tiermeter: malformed Stripe event: %', what
+		USING ERRCODE = 'invalid_parameter_value',
+			  HINT = 'Pass the webhook body as received: an Event object with id, type, created and data.object.';
+END $$;
+
+CREATE FUNCTION @extschema@.apply_subscription_event(event jsonb) RETURNS text
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_id		text;
+	v_type		text;
+	v_created	timestamptz;
+	v_obj		jsonb;
+	v_meta		jsonb;
+	v_item		jsonb;
+	v_sub		text;
+	v_customer	text;
+	v_org		text;
+	v_status	text;
+	v_tier		text;
+	v_old_tier	text;
+	v_ps		timestamptz;
+	v_pe		timestamptz;
+	v_anchor	timestamptz;
+	v_last		timestamptz;
+	v_outcome	text;
+	v_why		text;
+BEGIN
+	-- malformed input is an error, and changes nothing
+	IF event IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: event must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF jsonb_typeof(event) <> 'object' THEN
+		PERFORM @extschema@._stripe_malformed('not a JSON object');
+	END IF;
+	IF jsonb_typeof(event->'id') IS DISTINCT FROM 'string' OR event->>'id' = '' THEN
+		PERFORM @extschema@._stripe_malformed('no id');
+	END IF;
+	IF jsonb_typeof(event->'type') IS DISTINCT FROM 'string' OR event->>'type' = '' THEN
+		PERFORM @extschema@._stripe_malformed('no type');
+	END IF;
+	IF jsonb_typeof(event->'data'->'object') IS DISTINCT FROM 'object' THEN
+		PERFORM @extschema@._stripe_malformed('no data.object');
+	END IF;
+	v_created := @extschema@._stripe_time(event->'created');
+	IF v_created IS NULL THEN
+		PERFORM @extschema@._stripe_malformed('no created timestamp');
+	END IF;
+	v_id := event->>'id';
+	v_type := event->>'type';
+	v_obj := event->'data'->'object';
+
+	-- the period: on the first item (API 2025-03-31 and later), else on the
+	-- subscription (older API versions); checked before anything is written
+	v_item := v_obj->'items'->'data'->0;
+	IF jsonb_typeof(v_item->'current_period_start') = 'number' THEN
+		v_ps := @extschema@._stripe_time(v_item->'current_period_start');
+		v_pe := @extschema@._stripe_time(v_item->'current_period_end');
+	ELSE
+		v_ps := @extschema@._stripe_time(v_obj->'current_period_start');
+		v_pe := @extschema@._stripe_time(v_obj->'current_period_end');
+	END IF;
+	IF v_ps IS NOT NULL AND v_pe IS NOT NULL AND v_pe <= v_ps THEN
+		RAISE EXCEPTION 'tiermeter: the subscription period must end after it starts'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('current_period_start = %s, current_period_end = %s', v_ps, v_pe);
+	END IF;
+	IF v_ps IS NULL OR v_pe IS NULL THEN
+		v_ps := NULL;
+		v_pe := NULL;
+	END IF;
+	v_anchor := @extschema@._stripe_time(v_obj->'billing_cycle_anchor');
+
+	-- idempotent by event id, forever: claim it (a concurrent twin waits here)
+	INSERT INTO @extschema@.stripe_events (event_id, type, created)
+	VALUES (v_id, v_type, v_created)
+	ON CONFLICT (event_id) DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN 'duplicate';
+	END IF;
+
+	v_sub := CASE WHEN v_obj->>'object' = 'subscription' THEN v_obj->>'id' END;
+	v_customer := CASE jsonb_typeof(v_obj->'customer')
+		WHEN 'string' THEN v_obj->>'customer'
+		WHEN 'object' THEN v_obj->'customer'->>'id' END;
+	v_meta := CASE WHEN jsonb_typeof(v_obj->'metadata') = 'object' THEN v_obj->'metadata' ELSE '{}' END;
+	v_status := v_obj->>'status';
+
+	<<decide>>
+	BEGIN
+		IF v_type NOT IN ('customer.subscription.created', 'customer.subscription.updated',
+						  'customer.subscription.deleted', 'customer.subscription.paused',
+						  'customer.subscription.resumed') THEN
+			v_outcome := 'ignored';
+			EXIT decide;
+		END IF;
+
+		-- the org: metadata, else the org that holds this customer
+		v_org := coalesce(nullif(v_meta->>'organizationId', ''), nullif(v_meta->>'org_id', ''));
+		IF v_org IS NULL AND v_customer IS NOT NULL THEN
+			SELECT o.org_id INTO v_org FROM @extschema@.orgs o
+			 WHERE o.stripe_customer_id = v_customer;
+		END IF;
+		IF v_org IS NULL THEN
+			v_outcome := 'unmapped';
+			v_why := 'no organizationId or org_id in metadata, and no org holds the customer';
+			EXIT decide;
+		END IF;
+
+		-- the tier, from the status
+		IF v_type = 'customer.subscription.deleted'
+		   OR v_status IN ('canceled', 'unpaid', 'incomplete_expired', 'paused') THEN
+			SELECT t.tier_id INTO v_tier FROM @extschema@.tiers t WHERE t.is_default;
+		ELSIF v_status IN ('active', 'trialing', 'past_due') THEN
+			SELECT p.tier_id INTO v_tier FROM @extschema@.stripe_prices p
+			 WHERE p.price_id = v_item->'price'->>'id';
+			IF v_tier IS NULL THEN
+				SELECT p.tier_id INTO v_tier FROM @extschema@.stripe_prices p
+				 WHERE p.price_id = v_item->'price'->>'lookup_key';
+			END IF;
+			IF v_tier IS NULL THEN
+				SELECT t.tier_id INTO v_tier FROM @extschema@.tiers t
+				 WHERE t.tier_id = v_meta->>'tier';
+			END IF;
+			IF v_tier IS NULL THEN
+				v_outcome := 'unmapped';
+				v_why := format('price %s (lookup key %s) is not in tiermeter.stripe_prices, and metadata.tier names no tier',
+								coalesce(v_item->'price'->>'id', 'none'),
+								coalesce(v_item->'price'->>'lookup_key', 'none'));
+				EXIT decide;
+			END IF;
+		ELSE
+			-- incomplete (or a status we do not know): nothing changes yet
+			v_outcome := 'ignored';
+			EXIT decide;
+		END IF;
+
+		-- the order of events, per subscription
+		IF v_sub IS NOT NULL THEN
+			INSERT INTO @extschema@.stripe_subscriptions (subscription_id, org_id, last_created)
+			VALUES (v_sub, v_org, '-infinity')
+			ON CONFLICT (subscription_id) DO NOTHING;
+			SELECT s.last_created INTO v_last FROM @extschema@.stripe_subscriptions s
+			 WHERE s.subscription_id = v_sub FOR UPDATE;
+			IF v_created < v_last THEN
+				v_outcome := 'stale';
+				EXIT decide;
+			END IF;
+			UPDATE @extschema@.stripe_subscriptions s
+			   SET org_id = v_org, last_created = v_created, last_event_id = v_id
+			 WHERE s.subscription_id = v_sub;
+		END IF;
+
+		-- apply: usage is never touched
+		PERFORM @extschema@._ensure_org(v_org);
+		SELECT o.tier_id INTO v_old_tier FROM @extschema@.orgs o WHERE o.org_id = v_org FOR UPDATE;
+		IF v_customer IS NOT NULL THEN
+			-- a customer id maps to at most one org: the latest to claim it
+			UPDATE @extschema@.orgs o SET stripe_customer_id = NULL, updated_at = now()
+			 WHERE o.stripe_customer_id = v_customer AND o.org_id <> v_org;
+		END IF;
+		UPDATE @extschema@.orgs o
+		   SET tier_id = v_tier,
+			   stripe_customer_id = coalesce(v_customer, o.stripe_customer_id),
+			   stripe_subscription_id = coalesce(v_sub, o.stripe_subscription_id),
+			   billing_anchor = coalesce(v_anchor, o.billing_anchor),
+			   period_start = coalesce(v_ps, o.period_start),
+			   period_end = coalesce(v_pe, o.period_end),
+			   updated_at = now()
+		 WHERE o.org_id = v_org;
+		IF v_old_tier IS DISTINCT FROM v_tier THEN
+			INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+			VALUES (v_org, 'tier_changed',
+					jsonb_build_object('from', v_old_tier, 'to', v_tier, 'source', 'stripe',
+									   'event_id', v_id, 'status', v_status));
+		END IF;
+		v_outcome := 'applied';
+	END;
+
+	IF v_outcome = 'unmapped' THEN
+		INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+		VALUES (coalesce(v_org, ''), 'stripe_unmapped',
+				jsonb_build_object('event_id', v_id, 'type', v_type, 'customer', v_customer,
+								   'subscription', v_sub, 'reason', v_why));
+	END IF;
+	UPDATE @extschema@.stripe_events e
+	   SET outcome = v_outcome, org_id = v_org, subscription_id = v_sub, customer_id = v_customer
+	 WHERE e.event_id = v_id;
+	RETURN v_outcome;
+END $$;
+
+------------------------------------------------------------------------------
 -- The shared-memory cache (src/cache.c) learns of config changes at commit.
 ------------------------------------------------------------------------------
 
@@ -412,6 +639,11 @@ COMMENT ON FUNCTION @extschema@.check_org_limits(text, text) IS 'Read-only: the 
 COMMENT ON FUNCTION @extschema@.record_usage(text, bigint, text, text, text, timestamptz) IS 'Records usage that happened (even past the quota) and returns the status after it; idempotent by (org_id, idempotency_key).';
 COMMENT ON FUNCTION @extschema@.consume(text, bigint, text, text, text) IS 'Records usage only if it stays within the quota; allowed says whether it was recorded.';
 COMMENT ON FUNCTION @extschema@.verify_stripe_signature(text, text, text, integer, timestamptz) IS 'Stripe webhook signature check: some v1 = hex(HMAC-SHA256(secret, t.payload)), in constant time, and |at - t| <= tolerance; a malformed header is false.';
+COMMENT ON TABLE @extschema@.stripe_events IS 'Every Stripe event received (id, type, created, org, outcome, received time): the idempotency key and the audit trail.';
+COMMENT ON TABLE @extschema@.stripe_subscriptions IS 'Per Stripe subscription, the last applied event: older events are stale.';
+COMMENT ON FUNCTION @extschema@._stripe_time(jsonb) IS 'Internal: a Stripe unix timestamp as timestamptz (NULL unless a number).';
+COMMENT ON FUNCTION @extschema@._stripe_malformed(text) IS 'Internal: raises the error for a malformed Stripe event.';
+COMMENT ON FUNCTION @extschema@.apply_subscription_event(jsonb) IS 'Applies a Stripe customer.subscription.* event: applied, duplicate, stale, ignored or unmapped; usage is never touched.';
 COMMENT ON FUNCTION @extschema@._ensure_org(text) IS 'Internal: validates an org id and creates the org on the default tier if unknown.';
 COMMENT ON FUNCTION @extschema@._require_feature(text) IS 'Internal: errors unless the feature exists; returns its kind.';
 COMMENT ON FUNCTION @extschema@._require_tier(text) IS 'Internal: errors unless the tier exists.';

@@ -1,10 +1,11 @@
 -- pgTAP: the shape of the public API (SPEC §3) and its access rules.
 BEGIN;
-SELECT plan(24);
+SELECT plan(26);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
-	'alert_thresholds', 'orgs', 'org_quotas', 'usage_grants', 'usage_log', 'limit_events']);
+	'alert_thresholds', 'orgs', 'org_quotas', 'usage_grants', 'usage_log', 'limit_events',
+	'stripe_events', 'stripe_subscriptions']);
 
 SELECT has_type('tiermeter', 'limit_status', 'limit_status exists');
 SELECT columns_are('tiermeter', 'limit_status', ARRAY['org_id', 'tier', 'feature', 'allowed',
@@ -19,6 +20,9 @@ SELECT function_returns('tiermeter', 'set_org_tier', ARRAY['text', 'text'], 'voi
 SELECT function_returns('tiermeter', 'set_org_quota', ARRAY['text', 'text', 'bigint'], 'void');
 SELECT function_returns('tiermeter', 'grant_usage', ARRAY['text', 'bigint', 'text', 'text'], 'tiermeter.limit_status');
 SELECT function_returns('tiermeter', 'format_duration', ARRAY['bigint'], 'text');
+SELECT function_returns('tiermeter', 'verify_stripe_signature',
+	ARRAY['text', 'text', 'text', 'integer', 'timestamp with time zone'], 'boolean');
+SELECT function_returns('tiermeter', 'apply_subscription_event', ARRAY['jsonb'], 'text');
 
 SELECT volatility_is('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'stable');
 SELECT volatility_is('tiermeter', 'format_duration', ARRAY['bigint'], 'immutable');
