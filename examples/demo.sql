@@ -40,14 +40,37 @@ SELECT org_id, tier, allowed, reason, used, quota, remaining, percent_used
 SELECT org_id, tier, allowed, reason, used, quota, remaining, percent_used
   FROM tiermeter.check_org_limits('acme');
 
-\echo '== a webhook retry records the same usage again: counted once'
+\echo '== a conversation that already happened is recorded even past the quota; its retry (same idempotency key) counts once'
 SELECT used FROM tiermeter.record_usage('acme', 60, idempotency_key => 'call-77');
 SELECT used FROM tiermeter.record_usage('acme', 60, idempotency_key => 'call-77');
 
-\echo '== acme upgrades to basic (5 hours a month)'
-\o /dev/null
-SELECT tiermeter.set_org_tier('acme', 'basic');
-\o
+\echo '== acme subscribes to basic (5 hours a month) in Stripe; Stripe calls the webhook'
+INSERT INTO tiermeter.stripe_prices VALUES ('price_basic_monthly', 'basic');
+-- the event Stripe sends, for a subscription whose period is this month
+SELECT jsonb_build_object(
+  'id', 'evt_demo_1', 'object', 'event', 'type', 'customer.subscription.created',
+  'created', extract(epoch FROM now())::bigint,
+  'data', jsonb_build_object('object', jsonb_build_object(
+    'id', 'sub_demo', 'object', 'subscription', 'status', 'active', 'customer', 'cus_demo',
+    'metadata', jsonb_build_object('organizationId', 'acme'),
+    'billing_cycle_anchor', extract(epoch FROM period_start)::bigint,
+    'items', jsonb_build_object('object', 'list', 'data', jsonb_build_array(jsonb_build_object(
+      'object', 'subscription_item',
+      'price', jsonb_build_object('id', 'price_basic_monthly', 'lookup_key', NULL),
+      'current_period_start', extract(epoch FROM period_start)::bigint,
+      'current_period_end', extract(epoch FROM period_end)::bigint)))))
+  )::text AS body,
+  extract(epoch FROM now())::bigint AS t
+  FROM tiermeter.check_org_limits('acme') \gset
+-- Stripe signs "<t>.<body>" with the endpoint secret (here: openssl, as Stripe would)
+\setenv DEMO_SIGNED :t.:body
+\set sig `printf '%s' "$DEMO_SIGNED" | openssl dgst -sha256 -hmac whsec_demo | sed 's/.*= //'`
+\echo '   the handler checks the signature, then applies the event:'
+SELECT tiermeter.verify_stripe_signature(:'body', 't=' || :'t' || ',v1=' || :'sig', 'whsec_demo') AS signature_ok,
+       tiermeter.verify_stripe_signature(:'body', 't=' || :'t' || ',v1=' || :'sig', 'wrong_secret') AS with_a_wrong_secret;
+SELECT tiermeter.apply_subscription_event(:'body'::jsonb) AS outcome;
+\echo '   Stripe retries the same event: nothing changes'
+SELECT tiermeter.apply_subscription_event(:'body'::jsonb) AS outcome;
 SELECT kind, payload FROM tiermeter.limit_events WHERE org_id = 'acme';
 
 \echo '== allowed again, and the hour already used this month still counts'
