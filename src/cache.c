@@ -70,6 +70,7 @@ typedef struct TmLate
 {
 	TransactionId xid;
 	int64		amount;
+	TimestampTz ps;				/* the period the amount belongs to */
 } TmLate;
 
 /* One build in progress; guarded by the partition lock of its entry. */
@@ -155,6 +156,7 @@ typedef struct TmLocal
 	bool		stale;			/* amounts outside the period: rebuild */
 	bool		created_org;
 	bool		registered;
+	int64		undo_reserved;	/* scratch for a savepoint's rollback */
 	uint32		reg_epoch;		/* the entry's epoch when we registered */
 	bool		unregistered;
 	TmEntry    *entry;			/* pinned while registered or reserved */
@@ -591,6 +593,12 @@ tm_wait_registrations(TmEntry *e, LWLock *lock)
 	int			waited;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
+	if (pg_atomic_read_u32(&e->pending[(e->epoch + 1) & 1]) != 0)
+	{
+		/* left by an earlier build that gave up: we cannot tell them apart */
+		LWLockRelease(lock);
+		return false;
+	}
 	old = e->epoch++;
 	LWLockRelease(lock);
 	for (waited = 0;; waited++)
@@ -644,6 +652,8 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 		}
 		if (e->build < 0 && (e->build = tm_build_slot_take()) >= 0)
 		{
+			/* e.g. its period ended: nobody may reserve on it any more */
+			e->valid = false;
 			tm_build_entry = e;
 			tm_build_partition = hash % TM_PARTITIONS;
 		}
@@ -683,7 +693,8 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			b = &tm_shared->builds[e->build];
 			/* commits that finished during the build and were not in the sum */
 			for (i = 0; i < Min(pg_atomic_read_u32(&b->nlate), TM_MAX_LATE); i++)
-				if (XidInMVCCSnapshot(b->late[i].xid, snapshot))
+				if (XidInMVCCSnapshot(b->late[i].xid, snapshot) &&
+					(of->is_gauge || b->late[i].ps == of->period.start))
 					sums->used += b->late[i].amount;
 			TM_SET(e->used, sums->used);
 			e->granted = sums->granted;
@@ -763,6 +774,7 @@ tm_local_entry(const TmCacheKey *key, uint32 hash)
 	l->stale = false;
 	l->created_org = false;
 	l->registered = false;
+	l->undo_reserved = 0;
 	l->reg_epoch = 0;
 	l->unregistered = false;
 	l->entry = NULL;
@@ -1097,7 +1109,7 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 		/* being built: hand the amount to the builder */
 		TmBuild    *b = &tm_shared->builds[e->build];
 
-		if (l->mixed || l->stale || !TransactionIdIsValid(tm_commit_xid))
+		if (l->mixed || l->stale || l->created_org || !TransactionIdIsValid(tm_commit_xid))
 			b->spoiled = true;
 		else if (l->amount != 0)
 		{
@@ -1107,6 +1119,7 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 			{
 				b->late[i].xid = tm_commit_xid;
 				b->late[i].amount = l->amount;
+				b->late[i].ps = l->ps;
 			}
 			else
 				b->spoiled = true;
@@ -1130,6 +1143,12 @@ tm_end_xact(bool commit)
 	TmLocalIter it = {0};
 	TmLocal    *l;
 
+	/*
+	 * Config changes first: an entry of an org this transaction changed must
+	 * be invalid before its reservations go (its amounts may not be noted).
+	 */
+	if (commit && (tm_inval_all || tm_inval_orgs != NULL) && tm_shared != NULL)
+		tm_apply_invalidations();
 	if (tm_shared != NULL)
 	{
 		while ((l = tm_local_next(&it)) != NULL)
@@ -1154,8 +1173,6 @@ tm_end_xact(bool commit)
 			LWLockRelease(lock);
 		}
 	}
-	if (commit && (tm_inval_all || tm_inval_orgs != NULL) && tm_shared != NULL)
-		tm_apply_invalidations();
 	tm_commit_xid = InvalidTransactionId;
 	tm_local_reset();
 }
@@ -1208,27 +1225,39 @@ tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
+		TmLocalIter it = {0};
+		TmLocal    *l;
+
+		/* net effect per key first: a reserve and unreserve cancel out */
+		while ((l = tm_local_next(&it)) != NULL)
+			l->undo_reserved = 0;
 		foreach(lc, tm_undo)
 		{
 			TmUndo	   *u = lfirst(lc);
-			TmLocal    *l;
 
 			if (u->subid != mySubid)
 				continue;
 			l = tm_local_find(&u->key);
-			if (l == NULL)
-				continue;
-			l->amount -= u->amount;
-			if (u->reserved != 0)
+			if (l != NULL)
+			{
+				l->amount -= u->amount;
+				l->undo_reserved += u->reserved;
+			}
+			u->subid = InvalidSubTransactionId;
+		}
+		memset(&it, 0, sizeof(it));
+		while ((l = tm_local_next(&it)) != NULL)
+		{
+			if (l->undo_reserved != 0)
 			{
 				LWLock	   *lock = tm_lock_for(l->hash);
 
 				LWLockAcquire(lock, LW_SHARED);
-				TM_ADD(l->entry->reserved, -u->reserved);
+				TM_ADD(l->entry->reserved, -l->undo_reserved);
 				LWLockRelease(lock);
-				l->reserved -= u->reserved;
+				l->reserved -= l->undo_reserved;
+				l->undo_reserved = 0;
 			}
-			u->subid = InvalidSubTransactionId;
 		}
 	}
 }

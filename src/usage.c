@@ -42,7 +42,10 @@ typedef struct TmCall
 	MemoryContext cxt;
 	TmOrgFeature of;
 	TmSums		sums;			/* with the cache: before this call */
-	bool		cached;
+	bool		cached;			/* answered from the cache */
+	bool		can_reserve;	/* the cache is there for this key (consume
+								 * reserves in it even when this transaction
+								 * bypasses it) */
 	bool		reserved;		/* holds a reservation in the cache */
 	TmCacheKey	ckey;
 	uint32		hash;
@@ -68,8 +71,9 @@ tm_call_args(TmCall *c, FunctionCallInfo fcinfo)
 static void
 tm_call_load(TmCall *c)
 {
-	c->cached = tm_cache_enabled() && !tm_cache_bypass(c->org_id) &&
+	c->can_reserve = tm_cache_enabled() &&
 		tm_cache_key(&c->ckey, c->org_id, c->feature, &c->hash);
+	c->cached = c->can_reserve && !tm_cache_bypass(c->org_id);
 	if (c->cached)
 	{
 		if (!tm_cache_get(&c->ckey, c->hash, c->org_id, c->feature, &c->of, &c->sums, c->cxt))
@@ -263,7 +267,7 @@ tm_consume_table(TmCall *c)
 	int64		quota;
 
 	(void) tm_lock_org_feature(&c->of);
-	if (c->cached)
+	if (c->can_reserve)
 	{
 		c->reserved = tm_cache_reserve_fallback(&c->ckey, c->hash, c->amount);
 		others = tm_cache_reserved_by_others(&c->ckey, c->hash);
