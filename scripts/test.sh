@@ -30,6 +30,20 @@ suite() {
 
 rm -rf results output_iso regression.diffs regression.out
 
+# Stripe's fixture objects (sql/stripe.sql builds events from them) live in
+# the workspace's shared/ folder, beside the project.
+if [ -z "${TIERMETER_FIXTURES:-}" ]; then
+	for f in ../shared/stripe/fixtures3.json ../../shared/stripe/fixtures3.json; do
+		[ -f "$f" ] && { TIERMETER_FIXTURES=$(cd "$(dirname "$f")" && pwd)/fixtures3.json; break; }
+	done
+fi
+if [ -z "${TIERMETER_FIXTURES:-}" ] || [ ! -f "$TIERMETER_FIXTURES" ]; then
+	echo "test: Stripe's fixtures3.json not found beside the project (../shared/stripe/);" \
+		"set TIERMETER_FIXTURES to its path" >&2
+	exit 1
+fi
+export TIERMETER_FIXTURES
+
 suite "pg_regress + isolation, library preloaded" \
 	pg_virtualenv -v 15 -o "$PRELOAD" make -s installcheck
 suite "pg_regress + isolation, library not preloaded" \

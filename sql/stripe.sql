@@ -2,7 +2,7 @@
 -- fixture Subscription object (../shared/stripe/fixtures3.json), in both API
 -- shapes.  Usage is never touched by any of them.
 SET timezone = 'UTC';
-\set fixtures `cat ../shared/stripe/fixtures3.json`
+\set fixtures `cat "${TIERMETER_FIXTURES:-../shared/stripe/fixtures3.json}"`
 CREATE TEMP TABLE fx AS SELECT (:'fixtures'::jsonb)->'resources'->'subscription' AS sub;
 
 -- A Subscription as Stripe sends it, with the fields a scenario sets.
