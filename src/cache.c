@@ -800,6 +800,15 @@ tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved)
 	MemoryContextSwitchTo(old);
 }
 
+/* This transaction now holds amount more (or less) reserved on e. */
+static void
+tm_hold(TmLocal *l, TmEntry *e, const TmCacheKey *key, int64 amount)
+{
+	l->entry = e;
+	l->reserved += amount;
+	tm_undo_push(key, 0, amount);
+}
+
 /*
  * Tries to reserve amount against the quota.  Returns TM_RESERVE_MISS if the
  * entry is not current (build it and call again).
@@ -846,10 +855,7 @@ tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 	sums->used = TM_GET(e->used) + own + amount;
 	sums->granted = e->granted;
 	LWLockRelease(lock);
-
-	l->entry = e;
-	l->reserved += amount;
-	tm_undo_push(key, 0, amount);
+	tm_hold(l, e, key, amount);
 	return TM_RESERVE_OK;
 }
 
@@ -885,9 +891,7 @@ tm_cache_reserve_fallback(const TmCacheKey *key, uint32 hash, int64 amount)
 		return false;
 	TM_ADD(e->reserved, amount);
 	LWLockRelease(lock);
-	l->entry = e;
-	l->reserved += amount;
-	tm_undo_push(key, 0, amount);
+	tm_hold(l, e, key, amount);
 	return true;
 }
 
@@ -901,8 +905,7 @@ tm_cache_unreserve(const TmCacheKey *key, uint32 hash, int64 amount)
 	LWLockAcquire(lock, LW_SHARED);
 	TM_ADD(l->entry->reserved, -amount);
 	LWLockRelease(lock);
-	l->reserved -= amount;
-	tm_undo_push(key, 0, -amount);
+	tm_hold(l, l->entry, key, -amount);
 }
 
 /* Notes usage this transaction recorded, to apply at commit. */

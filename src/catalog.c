@@ -229,16 +229,23 @@ tm_known(const char *sql)
 	return known ? known : "(none)";
 }
 
+/* "unknown <what>", with a HINT naming the known ones (a query for them). */
 static void
-tm_unknown_feature(const char *feature)
+tm_unknown(const char *what, const char *name, const char *known_sql)
 {
-	char	   *known = tm_known("SELECT pg_catalog.string_agg(feature, ', ' ORDER BY feature)"
-								 " FROM tiermeter.features");
+	char	   *known = tm_known(known_sql);
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("tiermeter: unknown feature \"%s\"", feature),
-			 errhint("Known features: %s.", known)));
+			 errmsg("tiermeter: unknown %s \"%s\"", what, name),
+			 errhint("Known %ss: %s.", what, known)));
+}
+
+static void
+tm_unknown_feature(const char *feature)
+{
+	tm_unknown("feature", feature,
+			   "SELECT pg_catalog.string_agg(feature, ', ' ORDER BY feature) FROM tiermeter.features");
 }
 
 /*----------------------------------------------------------------------
@@ -440,15 +447,8 @@ tiermeter_require_tier(PG_FUNCTION_ARGS)
 							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "tiermeter: tier lookup failed");
 	if (SPI_processed == 0)
-	{
-		char	   *known = tm_known("SELECT pg_catalog.string_agg(tier_id, ', ' ORDER BY rank)"
-									 " FROM tiermeter.tiers");
-
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tiermeter: unknown tier \"%s\"", tier_id),
-				 errhint("Known tiers: %s.", known)));
-	}
+		tm_unknown("tier", tier_id,
+				   "SELECT pg_catalog.string_agg(tier_id, ', ' ORDER BY rank) FROM tiermeter.tiers");
 	tm_spi_end(&save);
 	PG_RETURN_VOID();
 }
