@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap pgtap
-          postgresql-15-cron libipc-run-perl postgresql-common make gcc openssl)
+          postgresql-15-cron libipc-run-perl postgresql-common make gcc openssl valgrind)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -54,6 +54,8 @@ suite "docs (examples of docs/reference.md)" \
 	pg_virtualenv -v 15 -o "$PRELOAD" scripts/docs.sh
 suite "TAP (prove test/t, PostgreSQL::Test::Cluster)" \
 	scripts/tap.sh
+suite "valgrind (pg_regress + isolation under memcheck)" \
+	scripts/valgrind.sh
 
 echo
 echo "=== summary"
