@@ -23,7 +23,7 @@ OBJS = \
 DATA = $(wildcard sql/tiermeter--*.sql)
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe
+REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected

@@ -340,6 +340,50 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
+-- Reporting (SPEC §3 "Reporting").
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.usage_stats(org_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s		@extschema@.limit_status;
+	t		@extschema@.tiers;
+	n		bigint;
+BEGIN
+	-- validates the id; an unknown org is answered as new, nothing written
+	s := @extschema@.check_org_limits(org_id, 'conversation_seconds');
+	SELECT * INTO t FROM @extschema@.tiers x WHERE x.tier_id = s.tier;
+	SELECT count(DISTINCT u.conversation_id) INTO n
+	  FROM @extschema@.usage_log u
+	 WHERE u.org_id = usage_stats.org_id AND u.feature = 'conversation_seconds'
+	   AND u.conversation_id IS NOT NULL
+	   AND u.occurred_at >= s.period_start AND u.occurred_at < s.period_end;
+	RETURN jsonb_build_object(
+		'organization_id', s.org_id,
+		'tier', jsonb_build_object(
+			'tier_id', t.tier_id,
+			'name', t.display_name,
+			'price_monthly_cents', t.price_cents_monthly,
+			'max_session_seconds', t.max_session_seconds,
+			'max_active_sessions', t.max_active_sessions),
+		'current_period', jsonb_build_object('start', s.period_start, 'end', s.period_end),
+		'usage', jsonb_build_object(
+			'used_seconds', s.used,
+			'used_formatted', @extschema@.format_duration(s.used),
+			'limit_seconds', s.quota,
+			'limit_formatted', @extschema@.format_duration(s.quota),
+			'remaining_seconds', s.remaining,
+			'remaining_formatted', @extschema@.format_duration(s.remaining),
+			'percentage_used', s.percent_used,
+			'conversations_count', n),
+		'status', jsonb_build_object(
+			'allowed', s.allowed,
+			'show_warning', s.warning,
+			'unlimited', s.unlimited));
+END $$;
+
+------------------------------------------------------------------------------
 -- Stripe subscription events (SPEC §3 "Billing"; docs/stripe.md).
 ------------------------------------------------------------------------------
 
@@ -639,6 +683,7 @@ COMMENT ON FUNCTION @extschema@.check_org_limits(text, text) IS 'Read-only: the 
 COMMENT ON FUNCTION @extschema@.record_usage(text, bigint, text, text, text, timestamptz) IS 'Records usage that happened (even past the quota) and returns the status after it; idempotent by (org_id, idempotency_key).';
 COMMENT ON FUNCTION @extschema@.consume(text, bigint, text, text, text) IS 'Records usage only if it stays within the quota; allowed says whether it was recorded.';
 COMMENT ON FUNCTION @extschema@.verify_stripe_signature(text, text, text, integer, timestamptz) IS 'Stripe webhook signature check: some v1 = hex(HMAC-SHA256(secret, t.payload)), in constant time, and |at - t| <= tolerance; a malformed header is false.';
+COMMENT ON FUNCTION @extschema@.usage_stats(text) IS 'The conversation-time usage of one org in its current period, shaped as a usage endpoint returns it (read-only).';
 COMMENT ON TABLE @extschema@.stripe_events IS 'Every Stripe event received (id, type, created, org, outcome, received time): the idempotency key and the audit trail.';
 COMMENT ON TABLE @extschema@.stripe_subscriptions IS 'Per Stripe subscription, the last applied event: older events are stale.';
 COMMENT ON FUNCTION @extschema@._stripe_time(jsonb) IS 'Internal: a Stripe unix timestamp as timestamptz (NULL unless a number).';

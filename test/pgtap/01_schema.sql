@@ -1,6 +1,6 @@
 -- pgTAP: the shape of the public API (SPEC §3) and its access rules.
 BEGIN;
-SELECT plan(26);
+SELECT plan(27);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
@@ -23,6 +23,7 @@ SELECT function_returns('tiermeter', 'format_duration', ARRAY['bigint'], 'text')
 SELECT function_returns('tiermeter', 'verify_stripe_signature',
 	ARRAY['text', 'text', 'text', 'integer', 'timestamp with time zone'], 'boolean');
 SELECT function_returns('tiermeter', 'apply_subscription_event', ARRAY['jsonb'], 'text');
+SELECT function_returns('tiermeter', 'usage_stats', ARRAY['text'], 'jsonb');
 
 SELECT volatility_is('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'stable');
 SELECT volatility_is('tiermeter', 'format_duration', ARRAY['bigint'], 'immutable');
