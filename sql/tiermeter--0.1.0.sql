@@ -183,6 +183,55 @@ CROSS JOIN @extschema@.tiers t;
 
 INSERT INTO @extschema@.alert_thresholds (percent) VALUES (80), (100);
 
+-- pg_dump keeps the config tables whole; a restore runs CREATE EXTENSION
+-- (which seeds them) and then loads the dumped rows.  So that the dumped
+-- rows win instead of colliding, inserting a row whose key is held by an
+-- untouched seeded row replaces that row.  The seeded rows are remembered
+-- here (extension data, recreated by CREATE EXTENSION, never dumped).
+CREATE TABLE @extschema@._seeds (
+	tbl		text NOT NULL,
+	row_data jsonb NOT NULL,
+	PRIMARY KEY (tbl, row_data)
+);
+INSERT INTO @extschema@._seeds
+SELECT 'tiers', to_jsonb(t) FROM @extschema@.tiers t
+UNION ALL SELECT 'features', to_jsonb(f) FROM @extschema@.features f
+UNION ALL SELECT 'tier_quotas', to_jsonb(q) FROM @extschema@.tier_quotas q
+UNION ALL SELECT 'alert_thresholds', to_jsonb(a) FROM @extschema@.alert_thresholds a;
+
+CREATE FUNCTION @extschema@._replace_seed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	newj		jsonb := to_jsonb(NEW);
+	key_sql		text;
+	set_sql		text;
+	existing	jsonb;
+BEGIN
+	-- TG_ARGV: the key columns
+	SELECT string_agg(format('t.%I::text = ($1->>%L)', k, k), ' AND ')
+	  INTO key_sql FROM unnest(TG_ARGV) AS k;
+	EXECUTE format('SELECT to_jsonb(t) FROM %I.%I t WHERE %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, key_sql)
+	   INTO existing USING newj;
+	IF existing IS NULL OR NOT EXISTS (
+			SELECT 1 FROM @extschema@._seeds s WHERE s.tbl = TG_TABLE_NAME AND s.row_data = existing) THEN
+		RETURN NEW;				-- no row, or one the user made: the usual rules
+	END IF;
+	SELECT string_agg(format('%I = r.%I', c, c), ', ')
+	  INTO set_sql FROM jsonb_object_keys(newj) AS c;
+	EXECUTE format('UPDATE %I.%I t SET %s FROM jsonb_populate_record(NULL::%I.%I, $1) r WHERE %s',
+				   TG_TABLE_SCHEMA, TG_TABLE_NAME, set_sql, TG_TABLE_SCHEMA, TG_TABLE_NAME, key_sql)
+	   USING newj;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER tiers_replace_seed BEFORE INSERT ON @extschema@.tiers
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._replace_seed('tier_id');
+CREATE TRIGGER features_replace_seed BEFORE INSERT ON @extschema@.features
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._replace_seed('feature');
+CREATE TRIGGER tier_quotas_replace_seed BEFORE INSERT ON @extschema@.tier_quotas
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._replace_seed('tier_id', 'feature');
+CREATE TRIGGER alert_thresholds_replace_seed BEFORE INSERT ON @extschema@.alert_thresholds
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._replace_seed('percent');
+
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tiers', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.features', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_quotas', '');
@@ -675,6 +724,8 @@ COMMENT ON TABLE @extschema@.usage_grants IS 'Extra quota granted to an org for 
 COMMENT ON TABLE @extschema@.usage_log IS 'Append-only usage ledger, the durable truth: usage counts in the period that contains occurred_at.';
 COMMENT ON TABLE @extschema@.limit_events IS 'Events for admins and listeners (threshold_reached, tier_changed, stripe_unmapped); each insert sends NOTIFY tiermeter.';
 COMMENT ON TYPE @extschema@.limit_status IS 'Result of check_org_limits, record_usage, consume and grant_usage.';
+COMMENT ON TABLE @extschema@._seeds IS 'The seeded config rows as CREATE EXTENSION made them: a restored row replaces its untouched seed.';
+COMMENT ON FUNCTION @extschema@._replace_seed() IS 'Trigger: inserting a row whose key an untouched seeded row holds replaces it (so pg_restore keeps edited config).';
 COMMENT ON FUNCTION @extschema@._check_default_tier() IS 'Constraint trigger: exactly one default tier.';
 COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: sends NOTIFY tiermeter with the new limit event as JSON.';
 COMMENT ON FUNCTION @extschema@.period_bounds(timestamptz, timestamptz, timestamptz, timestamptz) IS 'The billing period that contains "at" for an anchor (monthly, day clamped to month end, UTC), honouring a stored current period.';
