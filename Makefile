@@ -23,11 +23,11 @@ OBJS = \
 DATA = $(wildcard sql/tiermeter--*.sql)
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats
+REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats rollover
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race consume_bypass
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race consume_bypass rollover_race
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

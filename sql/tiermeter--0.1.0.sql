@@ -433,6 +433,55 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
+-- Maintenance (SPEC §3 "Maintenance").
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.rollover(as_of timestamptz DEFAULT now()) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	moved	bigint;
+BEGIN
+	IF as_of IS NULL OR NOT isfinite(as_of) THEN
+		RAISE EXCEPTION 'tiermeter: as_of must be a finite timestamp'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- one runner at a time: a second one waits, then finds nothing to move
+	PERFORM pg_advisory_xact_lock(hashtext('tiermeter'), 1);
+	-- housekeeping only: every function already answers from the period
+	-- containing now(), whether or not this ever runs
+	WITH moved_orgs AS (
+		UPDATE @extschema@.orgs o
+		   SET period_start = p.period_start, period_end = p.period_end, updated_at = now()
+		  FROM @extschema@.orgs o2,
+			   LATERAL @extschema@.period_bounds(o2.billing_anchor, as_of, o2.period_start, o2.period_end) p
+		 WHERE o2.org_id = o.org_id AND o.period_end <= as_of
+		RETURNING 1)
+	SELECT count(*) INTO moved FROM moved_orgs;
+	RETURN moved;
+END $$;
+
+CREATE FUNCTION @extschema@.schedule_rollover(schedule text DEFAULT '*/5 * * * *') RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	job		bigint;
+BEGIN
+	IF schedule IS NULL OR schedule = '' THEN
+		RAISE EXCEPTION 'tiermeter: schedule must not be empty'
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'A cron expression, e.g. ''*/5 * * * *''.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+		RAISE EXCEPTION 'tiermeter: pg_cron is not installed in this database'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Add pg_cron to shared_preload_libraries, run CREATE EXTENSION pg_cron in the database named by cron.database_name, and call tiermeter.schedule_rollover() there; or run SELECT tiermeter.rollover() from any scheduler.';
+	END IF;
+	EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job
+		USING 'tiermeter-rollover', schedule, 'SELECT tiermeter.rollover()';
+	RETURN job;
+END $$;
+
+------------------------------------------------------------------------------
 -- Stripe subscription events (SPEC §3 "Billing"; docs/stripe.md).
 ------------------------------------------------------------------------------
 
@@ -679,7 +728,22 @@ CREATE TRIGGER alert_thresholds_invalidate AFTER INSERT OR UPDATE OR DELETE OR T
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate();
 -- per-org tables: a change invalidates that org (new orgs and new usage
 -- rows need nothing: the functions that write them update the cache)
-CREATE TRIGGER orgs_invalidate AFTER UPDATE OR DELETE ON @extschema@.orgs
+-- an org update invalidates unless it only moved the stored period forward
+-- to the period its old settings already gave (rollover, a Stripe renewal)
+CREATE TRIGGER orgs_invalidate AFTER UPDATE ON @extschema@.orgs
+	FOR EACH ROW
+	WHEN (OLD.org_id IS DISTINCT FROM NEW.org_id
+		  OR OLD.tier_id IS DISTINCT FROM NEW.tier_id
+		  OR OLD.billing_anchor IS DISTINCT FROM NEW.billing_anchor
+		  OR NEW.period_start < OLD.period_end
+		  OR (@extschema@.period_bounds(OLD.billing_anchor, NEW.period_start,
+										 OLD.period_start, OLD.period_end)).period_start
+			 IS DISTINCT FROM NEW.period_start
+		  OR (@extschema@.period_bounds(OLD.billing_anchor, NEW.period_start,
+										 OLD.period_start, OLD.period_end)).period_end
+			 IS DISTINCT FROM NEW.period_end)
+	EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER orgs_delete_invalidate AFTER DELETE ON @extschema@.orgs
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
 CREATE TRIGGER org_quotas_invalidate AFTER INSERT OR UPDATE OR DELETE ON @extschema@.org_quotas
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
@@ -735,6 +799,8 @@ COMMENT ON FUNCTION @extschema@.record_usage(text, bigint, text, text, text, tim
 COMMENT ON FUNCTION @extschema@.consume(text, bigint, text, text, text) IS 'Records usage only if it stays within the quota; allowed says whether it was recorded.';
 COMMENT ON FUNCTION @extschema@.verify_stripe_signature(text, text, text, integer, timestamptz) IS 'Stripe webhook signature check: some v1 = hex(HMAC-SHA256(secret, t.payload)), in constant time, and |at - t| <= tolerance; a malformed header is false.';
 COMMENT ON FUNCTION @extschema@.usage_stats(text) IS 'The conversation-time usage of one org in its current period, shaped as a usage endpoint returns it (read-only).';
+COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of; returns how many. Housekeeping: limits never depend on it. One runner at a time.';
+COMMENT ON FUNCTION @extschema@.schedule_rollover(text) IS 'Registers the pg_cron job tiermeter-rollover running tiermeter.rollover(); returns the job id.';
 COMMENT ON TABLE @extschema@.stripe_events IS 'Every Stripe event received (id, type, created, org, outcome, received time): the idempotency key and the audit trail.';
 COMMENT ON TABLE @extschema@.stripe_subscriptions IS 'Per Stripe subscription, the last applied event: older events are stale.';
 COMMENT ON FUNCTION @extschema@._stripe_time(jsonb) IS 'Internal: a Stripe unix timestamp as timestamptz (NULL unless a number).';

@@ -1,6 +1,6 @@
 -- pgTAP: the shape of the public API (SPEC §3) and its access rules.
 BEGIN;
-SELECT plan(27);
+SELECT plan(29);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
@@ -24,6 +24,8 @@ SELECT function_returns('tiermeter', 'verify_stripe_signature',
 	ARRAY['text', 'text', 'text', 'integer', 'timestamp with time zone'], 'boolean');
 SELECT function_returns('tiermeter', 'apply_subscription_event', ARRAY['jsonb'], 'text');
 SELECT function_returns('tiermeter', 'usage_stats', ARRAY['text'], 'jsonb');
+SELECT function_returns('tiermeter', 'rollover', ARRAY['timestamp with time zone'], 'bigint');
+SELECT function_returns('tiermeter', 'schedule_rollover', ARRAY['text'], 'bigint');
 
 SELECT volatility_is('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'stable');
 SELECT volatility_is('tiermeter', 'format_duration', ARRAY['bigint'], 'immutable');
