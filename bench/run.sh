@@ -98,5 +98,26 @@ line 'record_usage, ONE org, 32 clients (vs INSERT)' record_hot  insert_hot '>= 
 line '  naive record, ONE org (vs INSERT)'           naive_rec_hot insert_hot '(naive ~0.11)'
 line 'consume, ONE org, 32 clients (vs INSERT)'     consume_hot  insert_hot '>= 0.50'
 line '  naive consume, ONE org (vs INSERT)'          naive_con_hot insert_hot '(reference)'
+# rollover of 1M orgs while 8 clients check: its time, and the checks' TPS
+# meanwhile against the check run above
+ROLL_ORGS=${BENCH_ROLLOVER_ORGS:-1000000}
+psql -X -q -d $DB -c "INSERT INTO tiermeter.orgs (org_id, tier_id, billing_anchor, period_start, period_end)
+	SELECT 'roll-' || i, 'free', date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+	       date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+	       (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+	  FROM generate_series(1, $ROLL_ORGS) i" -c "VACUUM ANALYZE tiermeter.orgs"
+rm -f "$work"/log.*
+pgbench -n -M prepared -T 12 -c 8 -j $JOBS -f "$work/check.sql" $DB > "$work/during.out" 2>&1 &
+bench_pid=$!
+sleep 3
+roll_ms=$(psql -X -q -A -t -d $DB -c "SELECT extract(epoch FROM clock_timestamp() - now()) * 1000
+	FROM (SELECT tiermeter.rollover(now() + interval '40 days')) r")
+wait $bench_pid
+TPS[during]=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/during.out" | tail -1)
+
+echo
+printf 'rollover of %d orgs (the stored period of every one ended): %.0f ms (goal < 10000)\n' "$ROLL_ORGS" "$roll_ms"
+printf 'check_org_limits, 8 clients, during the rollover: %.0f tps, %s of the run above (goal >= 0.8)\n' \
+	"${TPS[during]}" "$(ratio "${TPS[during]}" "${TPS[check]}")"
 echo
 psql -X -q -A -t -d $DB -c "SELECT 'consume on the hot org: used ' || used || ', quota ' || quota || ', within quota: ' || (used <= quota) FROM tiermeter.check_org_limits('hot')"

@@ -450,14 +450,13 @@ BEGIN
 	PERFORM pg_advisory_xact_lock(hashtext('tiermeter'), 1);
 	-- housekeeping only: every function already answers from the period
 	-- containing now(), whether or not this ever runs
-	WITH moved_orgs AS (
-		UPDATE @extschema@.orgs o
-		   SET period_start = p.period_start, period_end = p.period_end, updated_at = now()
-		  FROM @extschema@.orgs o2,
-			   LATERAL @extschema@.period_bounds(o2.billing_anchor, as_of, o2.period_start, o2.period_end) p
-		 WHERE o2.org_id = o.org_id AND o.period_end <= as_of
-		RETURNING 1)
-	SELECT count(*) INTO moved FROM moved_orgs;
+	UPDATE @extschema@.orgs o
+	   SET (period_start, period_end) =
+			   (SELECT p.period_start, p.period_end
+				  FROM @extschema@.period_bounds(o.billing_anchor, as_of, o.period_start, o.period_end) p),
+		   updated_at = now()
+	 WHERE o.period_end <= as_of;
+	GET DIAGNOSTICS moved = ROW_COUNT;
 	RETURN moved;
 END $$;
 
