@@ -54,6 +54,10 @@ test: setup
 	@$(MAKE) --no-print-directory all install
 	@scripts/test.sh
 
+.PHONY: print-regress
+print-regress:
+	@echo $(REGRESS)
+
 .PHONY: bench
 bench: setup
 	@$(MAKE) --no-print-directory all install >/dev/null
