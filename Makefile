@@ -20,7 +20,16 @@ OBJS = \
 	src/stripe.o \
 	src/format.o
 
-DATA = $(wildcard sql/tiermeter--*.sql)
+# Versions (docs/design.md, "Versions and upgrades").  The oldest release's
+# install script is frozen; every later change is an upgrade script, listed
+# here in order.  The current version's install script is built from them.
+BASE_VERSION = 0.1.0
+UPGRADES = sql/tiermeter--0.1.0--0.2.0.sql
+DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
+DATA_built = sql/tiermeter--$(EXTVERSION).sql
+
+sql/tiermeter--$(EXTVERSION).sql: sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES) scripts/build_install.sh
+	scripts/build_install.sh $@ sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 
 # pg_regress: scripts in sql/, outputs in expected/
 REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats rollover
@@ -31,9 +40,14 @@ ISOLATION = consume_edge idempotency_race config_visibility stripe_race consume_
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+# export only what PostgreSQL looks up (PGDLLEXPORT, see src/tiermeter.h)
+PG_CFLAGS = -fvisibility=hidden
 
-# PostgreSQL 15 from Debian; override with `make PG_CONFIG=...`.
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+# PostgreSQL from Debian's packages (setup installs this major version);
+# every path comes from pg_config: override with `make PG_CONFIG=...`.
+PG_MAJOR ?= 15
+PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
+export PG_MAJOR PG_CONFIG
 
 # Before PostgreSQL is installed there is no PGXS: only the set-up targets work.
 ifneq ($(wildcard $(PG_CONFIG)),)

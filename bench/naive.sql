@@ -1,4 +1,4 @@
--- The reference a user would write instead of tiermeter (SPEC §4): plain
+-- The reference a user would write instead of tiermeter (docs/benchmarks.md): plain
 -- PL/pgSQL, one usage row per org, UPDATE used = used + n.
 CREATE SCHEMA naive;
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make bench: pgbench scenarios of SPEC §4, side by side in one run, against a
+# make bench: pgbench scenarios of docs/benchmarks.md, side by side in one run, against a
 # throwaway cluster with tiermeter preloaded.  Prints TPS, p99 latency and the
 # ratio to each scenario's reference.  Not a test: nothing is asserted.
 #
@@ -10,9 +10,10 @@
 # per-transaction log (-l), which itself costs a little.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pg.sh
 if [ -z "${PGPORT:-}" ]; then
-	exec pg_virtualenv -v 15 \
-		-o 'shared_preload_libraries=tiermeter,pg_cron' \
+	exec pg_virtualenv -v "$PG_MAJOR" \
+		-o 'shared_preload_libraries=tiermeter' \
 		-o 'max_connections=100' -o 'shared_buffers=512MB' \
 		-o 'tiermeter.cache_size=250000' \
 		-o 'synchronous_commit=on' -o 'fsync=on' \

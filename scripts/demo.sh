@@ -3,5 +3,6 @@
 # demo scenario (examples/demo.sql).  Called by `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec pg_virtualenv -v 15 -o 'shared_preload_libraries=tiermeter,pg_cron' \
+. scripts/pg.sh
+exec pg_virtualenv -v "$PG_MAJOR" -o 'shared_preload_libraries=tiermeter,pg_cron' \
 	psql -X -q -d postgres -f examples/demo.sql 2> >(grep -v -E '^(Creating|Dropping) ' >&2)

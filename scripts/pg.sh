@@ -13,5 +13,6 @@ PG_REGRESS=$PGXS_DIR/src/test/regress/pg_regress
 PG_PERL=$PGXS_DIR/src/test/perl
 # the version this checkout builds
 EXTVERSION=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" tiermeter.control)
-# a throwaway cluster of this major version (Debian's postgresql-common)
-virtualenv() { pg_virtualenv -v "$PG_MAJOR" "$@"; }
+# a throwaway cluster of this major version (Debian's postgresql-common);
+# to run beside another one: PG_VIRTUALENV_OPTS='-t -o port=5499'
+virtualenv() { pg_virtualenv ${PG_VIRTUALENV_OPTS:-} -v "$PG_MAJOR" "$@"; }

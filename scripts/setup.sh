@@ -3,8 +3,9 @@
 # Idempotent: a machine that has everything is left alone.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap pgtap
-          postgresql-15-cron libipc-run-perl postgresql-common make gcc openssl valgrind)
+v=${PG_MAJOR:-15}			# make passes it (the Makefile's PG_MAJOR)
+packages=(postgresql-$v postgresql-server-dev-$v postgresql-$v-pgtap pgtap
+          postgresql-$v-cron libipc-run-perl postgresql-common make gcc openssl valgrind)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -3,8 +3,7 @@
 # root, so the tests run as the postgres user from a copy it can read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PGBIN=/usr/lib/postgresql/15/bin
-PERL5=/usr/lib/postgresql/15/lib/pgxs/src/test/perl
+. scripts/pg.sh
 
 tmp=$(mktemp -d /tmp/tiermeter-tap.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -17,5 +16,5 @@ else
 	runas=()
 fi
 cd "$tmp"
-"${runas[@]}" env PATH="$PGBIN:$PATH" PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
-	prove ${PROVE_FLAGS:-} -I "$PERL5" t/*.pl || { for f in tmp_check/log/*; do echo "--- $f"; tail -30 "$f"; cp "$f" /tmp/ 2>/dev/null; done; exit 1; }
+"${runas[@]}" env PATH="$PGBIN:$PATH" PG_REGRESS="$PG_REGRESS" \
+	prove ${PROVE_FLAGS:-} -I "$PG_PERL" t/*.pl || { for f in tmp_check/log/*; do echo "--- $f"; tail -30 "$f"; cp "$f" /tmp/ 2>/dev/null; done; exit 1; }

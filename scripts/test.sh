@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test suite against throwaway PostgreSQL 15 clusters and ends with
+# Runs every test suite against throwaway PostgreSQL clusters and ends with
 # a summary.  Exits non-zero if any suite fails.  Called by `make test`, after
 # the extension is built and installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pg.sh
 
-PRELOAD='shared_preload_libraries=tiermeter,pg_cron'
+# pg_cron is preloaded only by the TAP test that schedules the rollover
+PRELOAD='shared_preload_libraries=tiermeter'
 pass=0
 fail=0
 summary=()
@@ -30,28 +32,18 @@ suite() {
 
 rm -rf results output_iso regression.diffs regression.out
 
-# Stripe's fixture objects (sql/stripe.sql builds events from them) live in
-# the workspace's shared/ folder, beside the project.
-if [ -z "${TIERMETER_FIXTURES:-}" ]; then
-	for f in ../shared/stripe/fixtures3.json ../../shared/stripe/fixtures3.json; do
-		[ -f "$f" ] && { TIERMETER_FIXTURES=$(cd "$(dirname "$f")" && pwd)/fixtures3.json; break; }
-	done
-fi
-if [ -z "${TIERMETER_FIXTURES:-}" ] || [ ! -f "$TIERMETER_FIXTURES" ]; then
-	echo "test: Stripe's fixtures3.json not found beside the project (../shared/stripe/);" \
-		"set TIERMETER_FIXTURES to its path" >&2
-	exit 1
-fi
-export TIERMETER_FIXTURES
-
 suite "pg_regress + isolation, library preloaded" \
-	pg_virtualenv -v 15 -o "$PRELOAD" make -s installcheck
+	virtualenv -o "$PRELOAD" make -s installcheck
 suite "pg_regress + isolation, library not preloaded" \
-	pg_virtualenv -v 15 make -s installcheck
+	virtualenv make -s installcheck
+suite "upgrade (every released version to $EXTVERSION)" \
+	virtualenv -o "$PRELOAD" scripts/upgrade.sh
 suite "pgTAP (pg_prove test/pgtap)" \
-	pg_virtualenv -v 15 -o "$PRELOAD" scripts/pgtap.sh
+	virtualenv -o "$PRELOAD" scripts/pgtap.sh
 suite "docs (examples of docs/reference.md)" \
-	pg_virtualenv -v 15 -o "$PRELOAD" scripts/docs.sh
+	virtualenv -o "$PRELOAD" scripts/docs.sh
+suite "exported symbols (nm -D)" \
+	scripts/symbols.sh
 suite "TAP (prove test/t, PostgreSQL::Test::Cluster)" \
 	scripts/tap.sh
 suite "valgrind (pg_regress + isolation under memcheck)" \

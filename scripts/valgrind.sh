@@ -7,7 +7,7 @@
 # uninitialised WAL padding, never involve tiermeter and are not counted.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PGBIN=/usr/lib/postgresql/15/bin
+. scripts/pg.sh
 
 dir=$(mktemp -d /tmp/tiermeter-valgrind.XXXXXX)
 chmod 755 "$dir"

@@ -1,4 +1,4 @@
--- The seeded catalog, exactly as SPEC §2 gives it.
+-- The seeded catalog, exactly as docs/reference.md gives it.
 SELECT tier_id, display_name, rank, price_cents_monthly, max_session_seconds,
        max_active_sessions, is_default
   FROM tiermeter.tiers ORDER BY rank;

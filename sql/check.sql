@@ -1,5 +1,5 @@
 -- check_org_limits: read-only, answers unknown orgs, and the limit_status
--- rules of SPEC §3.
+-- rules of docs/reference.md.
 SET timezone = 'UTC';
 \set cols 'org_id, tier, feature, allowed, reason, used, quota, remaining, percent_used, warning, unlimited'
 

@@ -1,4 +1,4 @@
--- The extension installs its schema, the seeded catalog of SPEC §2, and
+-- The extension installs its schema, the seeded catalog of docs/reference.md, and
 -- grants nothing to PUBLIC.  (pg_regress --load-extension created it.)
 SELECT extname, extversion, extrelocatable, n.nspname
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace

@@ -1,4 +1,4 @@
--- Billing periods (SPEC §1): monthly, anchored, the day clamped to the
+-- Billing periods (docs/reference.md): monthly, anchored, the day clamped to the
 -- month's last day, computed in UTC whatever the session's time zone.
 SET timezone = 'UTC';
 

@@ -1,8 +1,8 @@
 -- apply_subscription_event: realistic event sequences built from Stripe's own
--- fixture Subscription object (../shared/stripe/fixtures3.json), in both API
+-- fixture Subscription object (test/fixtures/stripe/fixtures3.json), in both API
 -- shapes.  Usage is never touched by any of them.
 SET timezone = 'UTC';
-\set fixtures `cat "${TIERMETER_FIXTURES:-../shared/stripe/fixtures3.json}"`
+\set fixtures `cat test/fixtures/stripe/fixtures3.json`
 CREATE TEMP TABLE fx AS SELECT (:'fixtures'::jsonb)->'resources'->'subscription' AS sub;
 
 -- A Subscription as Stripe sends it, with the fields a scenario sets.

@@ -1,5 +1,5 @@
 -- tiermeter 0.1.0: per-organization usage limits by subscription tier.
--- The contract is SPEC.md; docs/design.md explains the tables.
+-- docs/reference.md is the contract; docs/design.md explains the tables.
 
 \echo Use "CREATE EXTENSION tiermeter" to load this file. \quit
 
@@ -8,7 +8,7 @@
 REVOKE ALL ON SCHEMA @extschema@ FROM PUBLIC;
 
 ------------------------------------------------------------------------------
--- Configuration (SPEC §2): ordinary, editable data, dumped by pg_dump.
+-- Configuration (docs/reference.md, "Configuration tables"): ordinary, editable data, dumped by pg_dump.
 ------------------------------------------------------------------------------
 
 CREATE TABLE @extschema@.tiers (
@@ -140,7 +140,7 @@ CREATE TRIGGER limit_events_notify AFTER INSERT ON @extschema@.limit_events
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._notify_limit_event();
 
 ------------------------------------------------------------------------------
--- The seeded catalog (SPEC §2).
+-- The seeded catalog (docs/reference.md, "Configuration tables").
 ------------------------------------------------------------------------------
 
 INSERT INTO @extschema@.tiers
@@ -245,7 +245,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.limit_events', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.limit_events_id_seq', '');
 
 ------------------------------------------------------------------------------
--- Result type (SPEC §3).
+-- Result type (docs/reference.md, "Result type limit_status").
 ------------------------------------------------------------------------------
 
 CREATE TYPE @extschema@.limit_status AS (
@@ -389,7 +389,7 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
--- Reporting (SPEC §3 "Reporting").
+-- Reporting (docs/reference.md, usage_stats).
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@.usage_stats(org_id text) RETURNS jsonb
@@ -433,7 +433,7 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
--- Maintenance (SPEC §3 "Maintenance").
+-- Maintenance (docs/reference.md, rollover and schedule_rollover).
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@.rollover(as_of timestamptz DEFAULT now()) RETURNS bigint
@@ -481,7 +481,7 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------
--- Stripe subscription events (SPEC §3 "Billing"; docs/stripe.md).
+-- Stripe subscription events (docs/stripe.md).
 ------------------------------------------------------------------------------
 
 -- Every event received, forever: the idempotency key and the audit trail.

@@ -1,4 +1,4 @@
--- usage_stats: the shape a usage endpoint returns (SPEC §3 "Reporting").
+-- usage_stats: the shape a usage endpoint returns (docs/reference.md).
 SET timezone = 'UTC';
 
 -- an unknown org: answered as new on the default tier, nothing written

@@ -57,8 +57,8 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_invalidate_trigger);
-PG_FUNCTION_INFO_V1(tiermeter_invalidate_database);
+TM_FUNCTION(tiermeter_invalidate_trigger);
+TM_FUNCTION(tiermeter_invalidate_database);
 
 #define TM_PARTITIONS	16
 #define TM_TRANCHE		"tiermeter"

@@ -21,10 +21,10 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_ensure_org);
-PG_FUNCTION_INFO_V1(tiermeter_require_feature);
-PG_FUNCTION_INFO_V1(tiermeter_require_tier);
-PG_FUNCTION_INFO_V1(tiermeter_require_amount);
+TM_FUNCTION(tiermeter_ensure_org);
+TM_FUNCTION(tiermeter_require_feature);
+TM_FUNCTION(tiermeter_require_tier);
+TM_FUNCTION(tiermeter_require_amount);
 
 #define EQ " OPERATOR(pg_catalog.=) "
 #define LT " OPERATOR(pg_catalog.<) "

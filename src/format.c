@@ -6,7 +6,7 @@
 
 #include "utils/builtins.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_format_duration);
+TM_FUNCTION(tiermeter_format_duration);
 
 /*
  * Seconds floored to whole minutes: '<h>h <m>m' from one hour on, else

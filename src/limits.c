@@ -10,7 +10,7 @@
  */
 #include "tiermeter.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_check_org_limits);
+TM_FUNCTION(tiermeter_check_org_limits);
 
 Datum
 tiermeter_check_org_limits(PG_FUNCTION_ARGS)

@@ -18,7 +18,7 @@
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_period_bounds);
+TM_FUNCTION(tiermeter_period_bounds);
 
 static void
 tm_breakdown(TimestampTz t, struct pg_tm *tt, fsec_t *fsec)

@@ -1,6 +1,6 @@
 /*
  * status.c
- *		Building a tiermeter.limit_status value (SPEC §3 "Result types").
+ *		Building a tiermeter.limit_status value (docs/reference.md, "Result type limit_status").
  */
 #include "tiermeter.h"
 

@@ -18,7 +18,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_verify_stripe_signature);
+TM_FUNCTION(tiermeter_verify_stripe_signature);
 
 #define TM_SIG_HEX_LEN	(PG_SHA256_DIGEST_LENGTH * 2)
 

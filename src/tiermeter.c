@@ -14,7 +14,8 @@ PG_MODULE_MAGIC;
 
 int			tm_idle_timeout = 300;
 
-void		_PG_init(void);
+/* PostgreSQL 15's fmgr.h does not declare it, so it is exported here */
+extern PGDLLEXPORT void _PG_init(void);
 
 void
 _PG_init(void)

@@ -15,13 +15,32 @@
 #ifndef TIERMETER_H
 #define TIERMETER_H
 
+/*
+ * The library is built with -fvisibility=hidden: only the symbols that
+ * PostgreSQL looks up (Pg_magic_func, _PG_init, the SQL-callable functions
+ * and their pg_finfo_ records, all declared PGDLLEXPORT) are exported.
+ * PostgreSQL 16 defines PGDLLEXPORT this way itself; 15 leaves it empty, so
+ * it is defined here, before postgres.h.
+ */
+#if !defined(PGDLLEXPORT) && defined(__GNUC__)
+#define PGDLLEXPORT __attribute__((visibility("default")))
+#endif
+
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 
-/* amounts and quotas are bounded by 10^12 (SPEC "Errors") */
+/*
+ * Declares a SQL-callable C function.  PostgreSQL 15's PG_FUNCTION_INFO_V1
+ * exports only the pg_finfo_ record, not the function (16 does both).
+ */
+#define TM_FUNCTION(funcname) \
+	extern PGDLLEXPORT Datum funcname(PG_FUNCTION_ARGS); \
+	PG_FUNCTION_INFO_V1(funcname)
+
+/* amounts and quotas are bounded by 10^12 (docs/reference.md, "Errors") */
 #define TM_MAX_AMOUNT	INT64CONST(1000000000000)
 
 /* usage may be dated at most this far ahead of now() */

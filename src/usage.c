@@ -25,8 +25,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(tiermeter_record_usage);
-PG_FUNCTION_INFO_V1(tiermeter_consume);
+TM_FUNCTION(tiermeter_record_usage);
+TM_FUNCTION(tiermeter_consume);
 
 /* advisory lock tags with field4 = 1 or 2 are SQL's; tiermeter uses 3 */
 #define TM_LOCK_SPACE	3

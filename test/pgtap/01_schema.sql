@@ -1,4 +1,4 @@
--- pgTAP: the shape of the public API (SPEC §3) and its access rules.
+-- pgTAP: the shape of the public API (docs/reference.md) and its access rules.
 BEGIN;
 SELECT plan(29);
 
@@ -27,7 +27,7 @@ SELECT function_returns('tiermeter', 'usage_stats', ARRAY['text'], 'jsonb');
 SELECT function_returns('tiermeter', 'rollover', ARRAY['timestamp with time zone'], 'bigint');
 SELECT function_returns('tiermeter', 'schedule_rollover', ARRAY['text'], 'bigint');
 
-SELECT volatility_is('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'stable');
+SELECT volatility_is('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'volatile');
 SELECT volatility_is('tiermeter', 'format_duration', ARRAY['bigint'], 'immutable');
 
 -- every SECURITY DEFINER function pins search_path
@@ -37,7 +37,7 @@ SELECT is_empty($$
 	   AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')
 $$, 'every SECURITY DEFINER function pins search_path');
 
--- the argument defaults of SPEC §3
+-- the argument defaults of docs/reference.md
 SELECT is((tiermeter.check_org_limits('t-1')).feature, 'conversation_seconds', 'check defaults to conversation_seconds');
 SELECT is((tiermeter.record_usage('t-1', 5)).used, 5::bigint, 'record_usage defaults to conversation_seconds');
 SELECT is((tiermeter.consume('t-1', 5)).used, 10::bigint, 'consume defaults to conversation_seconds');

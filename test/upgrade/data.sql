@@ -8,6 +8,7 @@
 \pset tuples_only on
 \pset footer off
 SET timezone = 'UTC';
+SET client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS upgrade_check;
 CREATE TABLE IF NOT EXISTS upgrade_check.cols AS
 SELECT c.relname, c.relkind, array_agg(a.attname::text ORDER BY a.attnum) AS cols

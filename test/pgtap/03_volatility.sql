@@ -1,0 +1,54 @@
+-- pgTAP: every function's volatility and parallel safety (docs/design.md,
+-- "Volatility and parallel safety"), and a function added without a
+-- decision about them fails here.
+BEGIN;
+SELECT plan(2);
+
+CREATE TEMP TABLE marked (fn text, volatility "char", parallel "char");
+INSERT INTO marked VALUES
+	-- reads shared counters other commits change, and the caller's own
+	-- uncommitted usage: volatile, kept in the leader process
+	('check_org_limits(text,text)', 'v', 'r'),
+	('usage_stats(text)', 'v', 'r'),
+	-- pure functions of their arguments
+	('format_duration(bigint)', 'i', 's'),
+	('period_bounds(timestamp with time zone,timestamp with time zone,timestamp with time zone,timestamp with time zone)', 'i', 's'),
+	('verify_stripe_signature(text,text,text,integer,timestamp with time zone)', 'i', 's'),
+	('_require_amount(bigint,text,boolean)', 'i', 's'),
+	('_stripe_time(jsonb)', 'i', 's'),
+	-- lookups as the extension's owner, in the leader
+	('_require_feature(text)', 's', 'r'),
+	('_require_tier(text)', 's', 'r'),
+	-- writers: volatile, never in a parallel worker
+	('record_usage(text,bigint,text,text,text,timestamp with time zone)', 'v', 'u'),
+	('consume(text,bigint,text,text,text)', 'v', 'u'),
+	('set_org_tier(text,text)', 'v', 'u'),
+	('set_org_quota(text,text,bigint)', 'v', 'u'),
+	('grant_usage(text,bigint,text,text)', 'v', 'u'),
+	('apply_subscription_event(jsonb)', 'v', 'u'),
+	('rollover(timestamp with time zone)', 'v', 'u'),
+	('schedule_rollover(text)', 'v', 'u'),
+	('_ensure_org(text)', 'v', 'u'),
+	('_invalidate_database()', 'v', 'u'),
+	('_stripe_malformed(text)', 'v', 'u'),
+	-- trigger functions
+	('_invalidate()', 'v', 'u'),
+	('_check_default_tier()', 'v', 'u'),
+	('_notify_limit_event()', 'v', 'u'),
+	('_replace_seed()', 'v', 'u');
+
+SELECT set_eq(
+	$$SELECT replace(p.oid::regprocedure::text, 'tiermeter.', '') FROM pg_proc p
+	   WHERE p.pronamespace = 'tiermeter'::regnamespace$$,
+	$$SELECT fn FROM marked$$,
+	'every function of the schema has a decided volatility and parallel safety');
+
+SELECT results_eq(
+	$$SELECT replace(p.oid::regprocedure::text, 'tiermeter.', ''), p.provolatile, p.proparallel
+	    FROM pg_proc p JOIN marked m ON m.fn = replace(p.oid::regprocedure::text, 'tiermeter.', '')
+	   WHERE p.pronamespace = 'tiermeter'::regnamespace ORDER BY 1$$,
+	$$SELECT fn, volatility, parallel FROM marked ORDER BY 1$$,
+	'volatility and parallel safety as decided');
+
+SELECT * FROM finish();
+ROLLBACK;
