@@ -36,8 +36,10 @@ suite "pg_regress + isolation, library preloaded" \
 	virtualenv -o "$PRELOAD" make -s installcheck
 suite "pg_regress + isolation, library not preloaded" \
 	virtualenv make -s installcheck
-suite "upgrade (every released version to $EXTVERSION)" \
+suite "upgrade (every released version to $EXTVERSION), library preloaded" \
 	virtualenv -o "$PRELOAD" scripts/upgrade.sh
+suite "upgrade (every released version to $EXTVERSION), library not preloaded" \
+	virtualenv scripts/upgrade.sh
 suite "pgTAP (pg_prove test/pgtap)" \
 	virtualenv -o "$PRELOAD" scripts/pgtap.sh
 suite "docs (examples of docs/reference.md)" \

@@ -8,8 +8,8 @@
 #   - after ALTER EXTENSION UPDATE, every answer and every datum is the same,
 #     and every object of the extension equals a fresh install's;
 #   - the regression suite passes on a database updated from that version.
-# Expects PG* variables for a running cluster with tiermeter preloaded
-# (pg_virtualenv sets them).  Exits non-zero on any difference.
+# Expects PG* variables for a running cluster, with or without tiermeter
+# preloaded (pg_virtualenv sets them).  Exits non-zero on any difference.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg.sh
