@@ -25,3 +25,17 @@ ALTER FUNCTION @extschema@._stripe_time(jsonb) PARALLEL SAFE;
 -- Lookups run as the extension's owner: kept in the leader process.
 ALTER FUNCTION @extschema@._require_feature(text) PARALLEL RESTRICTED;
 ALTER FUNCTION @extschema@._require_tier(text) PARALLEL RESTRICTED;
+
+------------------------------------------------------------------------------
+-- NOTIFY tiermeter carries only the event's id and kind: any role that can
+-- connect may LISTEN, so the rest (org ids, Stripe ids) is read from
+-- limit_events by a role allowed to.
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@._notify_limit_event() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM pg_notify('tiermeter', jsonb_build_object('id', NEW.id, 'kind', NEW.kind)::text);
+	RETURN NULL;
+END $$;
+COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: sends NOTIFY tiermeter with the new limit event''s id and kind only (JSON).';
