@@ -457,11 +457,16 @@ tiermeter_require_tier(PG_FUNCTION_ARGS)
 Datum
 tiermeter_require_amount(PG_FUNCTION_ARGS)
 {
+	char	   *feature = tm_arg_id(fcinfo, 1, "feature");
+
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tiermeter: amount must not be NULL")));
-	tm_check_amount(PG_GETARG_INT64(0), PG_GETARG_BOOL(2),
-					text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tiermeter: is_gauge must not be NULL")));
+	tm_check_amount(PG_GETARG_INT64(0), PG_GETARG_BOOL(2), feature);
 	PG_RETURN_VOID();
 }
