@@ -69,3 +69,10 @@ SELECT feature, used, quota, allowed, reason FROM tiermeter.record_usage('r-4', 
 SELECT tiermeter.set_org_tier('r-4', 'basic');
 SELECT feature, used, quota, allowed, reason FROM tiermeter.record_usage('r-4', 50, 'web_scrapes');
 SELECT feature, used, quota, allowed, reason FROM tiermeter.record_usage('r-4', 7, 'images');
+
+-- a replayed negative gauge delta returns the current status, even once the
+-- level is 0 (the key is checked before the floor)
+SELECT used FROM tiermeter.record_usage('g-replay', 1, 'users');
+SELECT used FROM tiermeter.record_usage('g-replay', -1, 'users', idempotency_key => 'release-1');
+SELECT used FROM tiermeter.record_usage('g-replay', -1, 'users', idempotency_key => 'release-1');
+SELECT sum(amount) AS ledger FROM tiermeter.usage_log WHERE org_id = 'g-replay';

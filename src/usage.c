@@ -243,7 +243,9 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 
 	tm_spi_begin(&save);
 	tm_call_load(&c);
-	if (c.of.is_gauge && c.amount < 0)
+	/* a replayed key returns the current status, whatever the level now */
+	if (c.of.is_gauge && c.amount < 0 &&
+		!(c.key != NULL && tm_key_exists(&c.of, c.key, tm_latest_snapshot())))
 		tm_check_gauge_floor(&c);
 	created = tm_call_ensure_org(&c);
 	(void) tm_record(&c, occurred_at, created);
