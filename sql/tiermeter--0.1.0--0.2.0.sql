@@ -39,3 +39,204 @@ BEGIN
 	RETURN NULL;
 END $$;
 COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: sends NOTIFY tiermeter with the new limit event''s id and kind only (JSON).';
+
+------------------------------------------------------------------------------
+-- Access levels (docs/security.md).  Nothing is granted to PUBLIC; the
+-- extension's owner gives a role a level with grant_access(role, level) and
+-- takes it back with revoke_access(role, level).
+--   app      the hot path: check_org_limits, record_usage, consume;
+--   billing  app, plus the billing functions and the config tables;
+--   reader   usage_stats, format_duration and limit_events.
+-- rollover and schedule_rollover belong to no level: the owner runs them.
+------------------------------------------------------------------------------
+
+-- The levels each role was given.  Privileges overlap (billing contains app,
+-- every level has USAGE on the schema), so the ACLs alone cannot say which
+-- level a privilege came from: revoke_access reads this table to keep what
+-- another level of the role still gives.
+--
+-- The role is a regrole: it follows ALTER ROLE ... RENAME, and pg_dump
+-- writes it as the role's name, as it writes the GRANTs (an OID would name
+-- another role, or none, in another cluster).  pg_dump keeps the rows, since
+-- it keeps the GRANTs that grant_access made (pg_dump dumps an extension
+-- member's privileges that differ from the ones CREATE EXTENSION gave): a
+-- restore without them would hold the privileges but not the levels, and a
+-- later revoke_access would misjudge what the role still holds.  Rows of
+-- dropped roles (DROP ROLE leaves them: roles are cluster-wide and no
+-- dependency can point at one from here) are left out of the dump and
+-- deleted by the next grant_access or revoke_access.  Roles are not in a
+-- database's dump: restored where a role is missing, the GRANTs to it fail,
+-- and so does the load of this table, as a whole (docs/security.md).
+CREATE TABLE @extschema@._access (
+	grantee	regrole NOT NULL,
+	level	text NOT NULL CHECK (level IN ('app', 'billing', 'reader')),
+	PRIMARY KEY (grantee, level)
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@._access',
+	'WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) grantee)');
+REVOKE ALL ON @extschema@._access FROM PUBLIC;
+COMMENT ON TABLE @extschema@._access IS 'The access levels granted to each role by grant_access (internal; dumped by pg_dump, like the GRANTs).';
+
+-- What each level gives, one privilege on one object a row: the one place
+-- that says it.  billing contains app.  An object added later joins its
+-- level here (the session functions app, the reporting views reader); the
+-- upgrade script does not grant it to the roles that hold the level (a
+-- GRANT in an extension script is an initial privilege, which pg_dump
+-- omits): the owner grants the levels again (docs/security.md, "Upgrades").
+CREATE FUNCTION @extschema@._access_privileges(level text)
+RETURNS TABLE (privilege text, kind text, object text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT p.privilege, p.kind, p.object
+	  FROM (VALUES
+		('app', 'USAGE', 'SCHEMA', '@extschema@'),
+		-- lets the app declare the result type in its own functions and tables
+		('app', 'USAGE', 'TYPE', '@extschema@.limit_status'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.check_org_limits(text, text)'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.record_usage(text, bigint, text, text, text, timestamptz)'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.consume(text, bigint, text, text, text)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.verify_stripe_signature(text, text, text, integer, timestamptz)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.apply_subscription_event(jsonb)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.set_org_tier(text, text)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.set_org_quota(text, text, bigint)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.grant_usage(text, bigint, text, text)'),
+		('billing', 'SELECT', 'TABLE', '@extschema@.tiers'),
+		('billing', 'INSERT', 'TABLE', '@extschema@.tiers'),
+		('billing', 'UPDATE', 'TABLE', '@extschema@.tiers'),
+		('billing', 'DELETE', 'TABLE', '@extschema@.tiers'),
+		('billing', 'SELECT', 'TABLE', '@extschema@.features'),
+		('billing', 'INSERT', 'TABLE', '@extschema@.features'),
+		('billing', 'UPDATE', 'TABLE', '@extschema@.features'),
+		('billing', 'DELETE', 'TABLE', '@extschema@.features'),
+		('billing', 'SELECT', 'TABLE', '@extschema@.tier_quotas'),
+		('billing', 'INSERT', 'TABLE', '@extschema@.tier_quotas'),
+		('billing', 'UPDATE', 'TABLE', '@extschema@.tier_quotas'),
+		('billing', 'DELETE', 'TABLE', '@extschema@.tier_quotas'),
+		('billing', 'SELECT', 'TABLE', '@extschema@.stripe_prices'),
+		('billing', 'INSERT', 'TABLE', '@extschema@.stripe_prices'),
+		('billing', 'UPDATE', 'TABLE', '@extschema@.stripe_prices'),
+		('billing', 'DELETE', 'TABLE', '@extschema@.stripe_prices'),
+		('billing', 'SELECT', 'TABLE', '@extschema@.alert_thresholds'),
+		('billing', 'INSERT', 'TABLE', '@extschema@.alert_thresholds'),
+		('billing', 'UPDATE', 'TABLE', '@extschema@.alert_thresholds'),
+		('billing', 'DELETE', 'TABLE', '@extschema@.alert_thresholds'),
+		-- An INSERT into tiers, features, tier_quotas or alert_thresholds
+		-- runs the trigger _replace_seed as the inserting role, and it reads
+		-- _seeds.  Reading _seeds (the catalog as CREATE EXTENSION seeded it,
+		-- which docs/reference.md prints) is granted rather than making the
+		-- trigger SECURITY DEFINER: it would then run its dynamic UPDATE as
+		-- the extension's owner, a superuser, for any role that may insert.
+		('billing', 'SELECT', 'TABLE', '@extschema@._seeds'),
+		('reader', 'USAGE', 'SCHEMA', '@extschema@'),
+		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.usage_stats(text)'),
+		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.format_duration(bigint)'),
+		('reader', 'SELECT', 'TABLE', '@extschema@.limit_events')
+	  ) AS p(lvl, privilege, kind, object)
+	 WHERE p.lvl = level OR (level = 'billing' AND p.lvl = 'app')
+$$;
+REVOKE ALL ON FUNCTION @extschema@._access_privileges(text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._access_privileges(text) IS 'Internal: the privileges an access level gives, one (privilege, object kind, object) a row.';
+
+-- Whether a role holds every privilege of a level, granted to it directly.
+-- A recorded level counts only while this is true: after DROP OWNED BY or a
+-- REVOKE by hand the record is stale, and must not keep privileges alive.
+CREATE FUNCTION @extschema@._access_held(role regrole, level text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT coalesce(bool_and(EXISTS (
+			SELECT 1
+			  FROM aclexplode(CASE p.kind
+					WHEN 'SCHEMA' THEN (SELECT n.nspacl FROM pg_namespace n WHERE n.oid = p.object::regnamespace)
+					WHEN 'TYPE' THEN (SELECT t.typacl FROM pg_type t WHERE t.oid = p.object::regtype)
+					WHEN 'FUNCTION' THEN (SELECT f.proacl FROM pg_proc f WHERE f.oid = p.object::regprocedure)
+					WHEN 'TABLE' THEN (SELECT c.relacl FROM pg_class c WHERE c.oid = p.object::regclass)
+				   END) a
+			 WHERE a.grantee = role AND a.privilege_type = p.privilege)), false)
+	  FROM @extschema@._access_privileges(level) p
+$$;
+REVOKE ALL ON FUNCTION @extschema@._access_held(regrole, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._access_held(regrole, text) IS 'Internal: whether a role directly holds every privilege of an access level.';
+
+-- The checks of grant_access and revoke_access on their arguments.
+CREATE FUNCTION @extschema@._access_require(role regrole, level text) RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF role IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF level IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: level must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF level NOT IN ('app', 'billing', 'reader') THEN
+		RAISE EXCEPTION 'tiermeter: unknown access level "%"', level
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Known access levels: app, billing, reader.';
+	END IF;
+	-- a regrole made from a number need not name a role (0 is PUBLIC)
+	IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = role) THEN
+		RAISE EXCEPTION 'tiermeter: role % does not exist', role::oid
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- the owner holds every privilege: a REVOKE would take its own away
+	IF role = (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@') THEN
+		RAISE EXCEPTION 'tiermeter: role % owns the extension: it needs no access level', role
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._access_require(regrole, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._access_require(regrole, text) IS 'Internal: errors unless the role exists and is not the extension''s owner, and the level is app, billing or reader.';
+
+-- SECURITY INVOKER: the GRANTs are the caller's own, so a role can give no
+-- more than it may give itself.  EXECUTE is revoked from PUBLIC, and a
+-- caller that is not the extension's owner (nor a member of it, nor a
+-- superuser) is refused even if EXECUTE was granted to it.
+CREATE FUNCTION @extschema@.grant_access(role regrole, level text) RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	p	record;
+BEGIN
+	IF NOT pg_has_role(current_user, (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@'), 'USAGE') THEN
+		RAISE EXCEPTION 'tiermeter: only the extension''s owner may grant or revoke access levels'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM @extschema@._access_require(role, level);
+	-- one call at a time: revoke_access decides from the levels held
+	LOCK TABLE @extschema@._access IN EXCLUSIVE MODE;
+	DELETE FROM @extschema@._access a WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.grantee);
+	INSERT INTO @extschema@._access (grantee, level) VALUES (role, level) ON CONFLICT DO NOTHING;
+	FOR p IN SELECT * FROM @extschema@._access_privileges(level) LOOP
+		EXECUTE format('GRANT %s ON %s %s TO %s', p.privilege, p.kind, p.object, role);
+	END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@.grant_access(regrole, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.grant_access(regrole, text) IS 'Gives a role an access level (app, billing or reader): GRANTs its privileges. Idempotent. The extension''s owner only.';
+
+CREATE FUNCTION @extschema@.revoke_access(role regrole, level text) RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	p	record;
+BEGIN
+	IF NOT pg_has_role(current_user, (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@'), 'USAGE') THEN
+		RAISE EXCEPTION 'tiermeter: only the extension''s owner may grant or revoke access levels'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM @extschema@._access_require(role, level);
+	-- one call at a time: revoke_access decides from the levels held
+	LOCK TABLE @extschema@._access IN EXCLUSIVE MODE;
+	DELETE FROM @extschema@._access a WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.grantee);
+	-- forget this level, and any other one the role no longer fully holds
+	DELETE FROM @extschema@._access a
+	 WHERE a.grantee = role
+	   AND (a.level = revoke_access.level OR NOT @extschema@._access_held(role, a.level));
+	-- take away what this level gives and no level the role keeps gives
+	FOR p IN
+		SELECT * FROM @extschema@._access_privileges(level)
+		EXCEPT
+		SELECT q.* FROM @extschema@._access a, @extschema@._access_privileges(a.level) q
+		 WHERE a.grantee = role
+	LOOP
+		EXECUTE format('REVOKE %s ON %s %s FROM %s', p.privilege, p.kind, p.object, role);
+	END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@.revoke_access(regrole, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.revoke_access(regrole, text) IS 'Takes an access level from a role: REVOKEs its privileges but those another level of the role still gives. Idempotent. The extension''s owner only.';

@@ -1,11 +1,11 @@
 -- pgTAP: the shape of the public API (docs/reference.md) and its access rules.
 BEGIN;
-SELECT plan(29);
+SELECT plan(31);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
 	'alert_thresholds', 'orgs', 'org_quotas', 'usage_grants', 'usage_log', 'limit_events',
-	'stripe_events', 'stripe_subscriptions', '_seeds']);
+	'stripe_events', 'stripe_subscriptions', '_seeds', '_access']);
 
 SELECT has_type('tiermeter', 'limit_status', 'limit_status exists');
 SELECT columns_are('tiermeter', 'limit_status', ARRAY['org_id', 'tier', 'feature', 'allowed',
@@ -26,6 +26,8 @@ SELECT function_returns('tiermeter', 'apply_subscription_event', ARRAY['jsonb'],
 SELECT function_returns('tiermeter', 'usage_stats', ARRAY['text'], 'jsonb');
 SELECT function_returns('tiermeter', 'rollover', ARRAY['timestamp with time zone'], 'bigint');
 SELECT function_returns('tiermeter', 'schedule_rollover', ARRAY['text'], 'bigint');
+SELECT function_returns('tiermeter', 'grant_access', ARRAY['regrole', 'text'], 'void');
+SELECT function_returns('tiermeter', 'revoke_access', ARRAY['regrole', 'text'], 'void');
 
 SELECT volatility_is('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'volatile');
 SELECT volatility_is('tiermeter', 'format_duration', ARRAY['bigint'], 'immutable');

@@ -16,6 +16,10 @@ INSERT INTO marked VALUES
 	('verify_stripe_signature(text,text,text,integer,timestamp with time zone)', 'i', 's'),
 	('_require_amount(bigint,text,boolean)', 'i', 's'),
 	('_stripe_time(jsonb)', 'i', 's'),
+	('_access_privileges(text)', 'i', 's'),
+	-- catalog reads: the access level checks
+	('_access_held(regrole,text)', 's', 's'),
+	('_access_require(regrole,text)', 's', 's'),
 	-- lookups as the extension's owner, in the leader
 	('_require_feature(text)', 's', 'r'),
 	('_require_tier(text)', 's', 'r'),
@@ -31,6 +35,8 @@ INSERT INTO marked VALUES
 	('_ensure_org(text)', 'v', 'u'),
 	('_invalidate_database()', 'v', 'u'),
 	('_stripe_malformed(text)', 'v', 'u'),
+	('grant_access(regrole,text)', 'v', 'u'),
+	('revoke_access(regrole,text)', 'v', 'u'),
 	-- trigger functions
 	('_invalidate()', 'v', 'u'),
 	('_check_default_tier()', 'v', 'u'),
