@@ -41,6 +41,45 @@ END $$;
 COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: sends NOTIFY tiermeter with the new limit event''s id and kind only (JSON).';
 
 ------------------------------------------------------------------------------
+-- Writes that bypass the functions (a backfill, COPY, pg_restore
+-- --data-only, logical replication) reach the shared-memory cache: a row
+-- inserted into usage_log or orgs by anyone but the functions invalidates
+-- its org when the transaction commits (docs/design.md, "The shared-memory
+-- counter cache").  The functions' own rows return at once.  Every
+-- invalidation trigger also fires in a logical replication apply worker.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._invalidate_insert() RETURNS trigger
+AS 'MODULE_PATHNAME', 'tiermeter_invalidate_insert_trigger' LANGUAGE C;
+REVOKE ALL ON FUNCTION @extschema@._invalidate_insert() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._invalidate_insert() IS 'Trigger: a row inserted into usage_log or orgs by anyone but the functions invalidates its org in the shared-memory cache at commit.';
+
+CREATE TRIGGER usage_log_insert_invalidate BEFORE INSERT ON @extschema@.usage_log
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate_insert();
+CREATE TRIGGER orgs_insert_invalidate BEFORE INSERT ON @extschema@.orgs
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate_insert();
+
+ALTER TABLE @extschema@.usage_log ENABLE ALWAYS TRIGGER usage_log_insert_invalidate;
+ALTER TABLE @extschema@.usage_log ENABLE ALWAYS TRIGGER usage_log_invalidate;
+ALTER TABLE @extschema@.usage_log ENABLE ALWAYS TRIGGER usage_log_truncate_invalidate;
+ALTER TABLE @extschema@.orgs ENABLE ALWAYS TRIGGER orgs_insert_invalidate;
+ALTER TABLE @extschema@.orgs ENABLE ALWAYS TRIGGER orgs_invalidate;
+ALTER TABLE @extschema@.orgs ENABLE ALWAYS TRIGGER orgs_delete_invalidate;
+ALTER TABLE @extschema@.orgs ENABLE ALWAYS TRIGGER orgs_truncate_invalidate;
+ALTER TABLE @extschema@.org_quotas ENABLE ALWAYS TRIGGER org_quotas_invalidate;
+ALTER TABLE @extschema@.org_quotas ENABLE ALWAYS TRIGGER org_quotas_truncate_invalidate;
+ALTER TABLE @extschema@.usage_grants ENABLE ALWAYS TRIGGER usage_grants_invalidate;
+ALTER TABLE @extschema@.usage_grants ENABLE ALWAYS TRIGGER usage_grants_truncate_invalidate;
+-- (a fresh install has just seeded tiers: its deferred default-tier check
+-- runs now, so that the table can be altered, and is deferred again after)
+SET CONSTRAINTS @extschema@.tiers_exactly_one_default IMMEDIATE;
+ALTER TABLE @extschema@.tiers ENABLE ALWAYS TRIGGER tiers_invalidate;
+SET CONSTRAINTS @extschema@.tiers_exactly_one_default DEFERRED;
+ALTER TABLE @extschema@.features ENABLE ALWAYS TRIGGER features_invalidate;
+ALTER TABLE @extschema@.tier_quotas ENABLE ALWAYS TRIGGER tier_quotas_invalidate;
+ALTER TABLE @extschema@.alert_thresholds ENABLE ALWAYS TRIGGER alert_thresholds_invalidate;
+
+------------------------------------------------------------------------------
 -- Access levels (docs/security.md).  Nothing is granted to PUBLIC; the
 -- extension's owner gives a role a level with grant_access(role, level) and
 -- takes it back with revoke_access(role, level).

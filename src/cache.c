@@ -59,6 +59,7 @@
 
 TM_FUNCTION(tiermeter_invalidate_trigger);
 TM_FUNCTION(tiermeter_invalidate_database);
+TM_FUNCTION(tiermeter_invalidate_insert_trigger);
 
 #define TM_PARTITIONS	16
 #define TM_TRANCHE		"tiermeter"
@@ -1005,6 +1006,26 @@ tiermeter_invalidate_trigger(PG_FUNCTION_ARGS)
 	else
 		tm_inval_all = true;
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * BEFORE INSERT trigger of usage_log and orgs: a row the functions did not
+ * write themselves (a backfill, COPY, pg_restore --data-only, logical
+ * replication) invalidates its org at commit, and this transaction answers
+ * for that org from the tables.  A BEFORE trigger that returns at once for
+ * the functions' own rows queues nothing: the hot path pays one call.
+ */
+Datum
+tiermeter_invalidate_insert_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		elog(ERROR, "tiermeter: not called as a BEFORE INSERT FOR EACH ROW trigger");
+	if (!tm_own_write)
+		tm_inval_tuple_org(td, td->tg_trigtuple);
+	return PointerGetDatum(td->tg_trigtuple);
 }
 
 /* _invalidate_database(): forget every entry of this database at commit. */

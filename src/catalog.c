@@ -94,6 +94,13 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 
 static SPIPlanPtr plans[TM_NUM_PLANS];
 
+/*
+ * True while the functions insert their own ledger or org rows: the cache
+ * learns of those at commit (tm_cache_note), so the insert trigger that
+ * catches everyone else's rows (tiermeter_invalidate_insert_trigger) skips them.
+ */
+bool		tm_own_write = false;
+
 /* The owner of the tiermeter schema, as whom all table access runs. */
 static Oid	tm_owner = InvalidOid;
 static bool tm_owner_callback = false;
@@ -352,10 +359,29 @@ tm_ensure_org(TmOrgFeature *of)
 	values[1] = TimestampTzGetDatum(of->anchor);
 	values[2] = TimestampTzGetDatum(of->stored.start);
 	values[3] = TimestampTzGetDatum(of->stored.end);
-	if (SPI_execute_plan(tm_plan(TM_PLAN_CREATE_ORG), values, NULL, false, 0) != SPI_OK_INSERT)
+	if (tm_execute_own_write(TM_PLAN_CREATE_ORG, values, NULL) != SPI_OK_INSERT)
 		elog(ERROR, "tiermeter: creating org failed");
 	of->org_exists = true;
 	return SPI_processed > 0;
+}
+
+/* Runs one of the functions' own INSERTs (see tm_own_write). */
+int
+tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls)
+{
+	int			rc;
+
+	tm_own_write = true;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(tm_plan(id), values, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		tm_own_write = false;
+	}
+	PG_END_TRY();
+	return rc;
 }
 
 /*

@@ -105,7 +105,10 @@ typedef struct TmOwnerSave
 	int			save_sec_context;
 } TmOwnerSave;
 
+extern bool tm_own_write;
+
 extern void tm_spi_begin(TmOwnerSave *save);
+extern int	tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls);
 extern void tm_spi_end(TmOwnerSave *save);
 extern SPIPlanPtr tm_plan(TmPlanId id);
 

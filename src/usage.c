@@ -179,7 +179,7 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
 		nulls[4] = 'n';
 	if (c->key)
 		values[5] = CStringGetTextDatum(c->key);
-	if (SPI_execute_plan(tm_plan(plan), values, nulls, false, 0) != SPI_OK_INSERT)
+	if (tm_execute_own_write(plan, values, nulls) != SPI_OK_INSERT)
 		elog(ERROR, "tiermeter: recording usage failed");
 	return SPI_processed > 0;
 }

@@ -39,6 +39,7 @@ INSERT INTO marked VALUES
 	('revoke_access(regrole,text)', 'v', 'u'),
 	-- trigger functions
 	('_invalidate()', 'v', 'u'),
+	('_invalidate_insert()', 'v', 'u'),
 	('_check_default_tier()', 'v', 'u'),
 	('_notify_limit_event()', 'v', 'u'),
 	('_replace_seed()', 'v', 'u');
