@@ -32,7 +32,7 @@ sql/tiermeter--$(EXTVERSION).sql: sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 	scripts/build_install.sh $@ sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats rollover foreign_writes nulls access
+REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats rollover foreign_writes saturation nulls access
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected

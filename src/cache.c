@@ -129,6 +129,16 @@ typedef struct TmShared
 #define TM_ADD(a, v)	((void) pg_atomic_fetch_add_u64(&(a), (int64) (v)))
 #define TM_SET(a, v)	pg_atomic_write_u64(&(a), (uint64) (v))
 
+/* used saturates at the ends of bigint (tm_add_sat), atomically */
+static inline void
+tm_atomic_add_sat(pg_atomic_uint64 *a, int64 v)
+{
+	uint64		old = pg_atomic_read_u64(a);
+
+	while (!pg_atomic_compare_exchange_u64(a, &old, (uint64) tm_add_sat((int64) old, v)))
+		;
+}
+
 static inline uint32
 tm_pending(TmEntry *e)
 {
@@ -510,7 +520,7 @@ tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
 	LWLockRelease(lock);
 
 	if (hit)
-		sums->used += tm_own_amount(key, of);
+		sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
 	return hit;
 }
 
@@ -648,7 +658,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			/* built meanwhile */
 			tm_entry_copy(e, of, sums, org_id, feature, cxt);
 			LWLockRelease(lock);
-			sums->used += tm_own_amount(key, of);
+			sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
 			return true;
 		}
 		if (e->build < 0 && (e->build = tm_build_slot_take()) >= 0)
@@ -696,7 +706,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			for (i = 0; i < Min(pg_atomic_read_u32(&b->nlate), TM_MAX_LATE); i++)
 				if (XidInMVCCSnapshot(b->late[i].xid, snapshot) &&
 					(of->is_gauge || b->late[i].ps == of->period.start))
-					sums->used += b->late[i].amount;
+					sums->used = tm_add_sat(sums->used, b->late[i].amount);
 			TM_SET(e->used, sums->used);
 			e->granted = sums->granted;
 			e->base_quota = of->base_quota;
@@ -729,7 +739,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	}
 	PG_END_TRY();
 
-	sums->used += tm_own_amount(key, of);
+	sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
 	return installed;
 }
 
@@ -842,18 +852,20 @@ tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 		LWLockRelease(lock);
 		return TM_RESERVE_MISS;
 	}
-	quota = e->base_quota + e->granted;
+	quota = tm_add_sat(e->base_quota, e->granted);
 	/* own record_usage amounts are not in reserved; own consumes are */
 	if (!e->unlimited &&
-		(quota == 0 || TM_GET(e->used) + TM_GET(e->reserved) + (own - l->reserved) + amount > quota))
+		(quota == 0 ||
+		 tm_add_sat(tm_add_sat(tm_add_sat(TM_GET(e->used), TM_GET(e->reserved)), own - l->reserved),
+					amount) > quota))
 	{
-		sums->used = TM_GET(e->used) + own;
+		sums->used = tm_add_sat(TM_GET(e->used), own);
 		sums->granted = e->granted;
 		LWLockRelease(lock);
 		return TM_RESERVE_REFUSED;
 	}
 	TM_ADD(e->reserved, amount);
-	sums->used = TM_GET(e->used) + own + amount;
+	sums->used = tm_add_sat(tm_add_sat(TM_GET(e->used), own), amount);
 	sums->granted = e->granted;
 	LWLockRelease(lock);
 	tm_hold(l, e, key, amount);
@@ -935,7 +947,7 @@ tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
 	}
 	else if (!of->is_gauge && (l->ps != of->period.start || l->pe != of->period.end))
 		l->mixed = true;
-	l->amount += amount;
+	l->amount = tm_add_sat(l->amount, amount);
 	tm_undo_push(key, amount, 0);
 }
 
@@ -1154,7 +1166,7 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 		if (other_period)
 			e->valid = false;
 		else
-			TM_ADD(e->used, l->amount);
+			tm_atomic_add_sat(&e->used, l->amount);
 	}
 	if (l->created_org)
 		e->org_exists = true;

@@ -59,12 +59,16 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		2, {TEXTOID, TEXTOID}
 	},
 	[TM_PLAN_SUMS] = {
-		"SELECT (SELECT COALESCE(pg_catalog.sum(u.amount), 0) FROM tiermeter.usage_log u"
-		"         WHERE u.org_id" EQ "$1 AND u.feature" EQ "$2"
-		"           AND u.occurred_at" GE "$3 AND u.occurred_at" LT "$4)::pg_catalog.int8,"
-		"       (SELECT COALESCE(pg_catalog.sum(g.amount), 0) FROM tiermeter.usage_grants g"
-		"         WHERE g.org_id" EQ "$1 AND g.feature" EQ "$2"
-		"           AND g.granted_at" GE "$5 AND g.granted_at" LT "$6)::pg_catalog.int8",
+		"SELECT GREATEST(LEAST("
+		"         (SELECT COALESCE(pg_catalog.sum(u.amount), 0) FROM tiermeter.usage_log u"
+		"           WHERE u.org_id" EQ "$1 AND u.feature" EQ "$2"
+		"             AND u.occurred_at" GE "$3 AND u.occurred_at" LT "$4),"
+		"         9223372036854775807), -9223372036854775808)::pg_catalog.int8,"
+		"       LEAST("
+		"         (SELECT COALESCE(pg_catalog.sum(g.amount), 0) FROM tiermeter.usage_grants g"
+		"           WHERE g.org_id" EQ "$1 AND g.feature" EQ "$2"
+		"             AND g.granted_at" GE "$5 AND g.granted_at" LT "$6),"
+		"         9223372036854775807)::pg_catalog.int8",
 		6, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[TM_PLAN_CREATE_ORG] = {

@@ -42,6 +42,10 @@ tm_percent_hundredths(int64 used, int64 quota)
 		r = -r;
 	if (2 * r >= quota)
 		q += (num < 0) ? -1 : 1;
+	if (q > PG_INT64_MAX)
+		return PG_INT64_MAX;
+	if (q < PG_INT64_MIN)
+		return PG_INT64_MIN;
 	return (int64) q;
 }
 
@@ -74,11 +78,8 @@ tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 
 	memset(nulls, 0, sizeof(nulls));
 
-	if (!of->unlimited &&
-		pg_add_s64_overflow(of->base_quota, sums->granted, &quota))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("tiermeter: quota out of range")));
+	if (!of->unlimited)
+		quota = tm_add_sat(of->base_quota, sums->granted);
 
 	switch (mode)
 	{

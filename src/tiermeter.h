@@ -28,6 +28,7 @@
 
 #include "postgres.h"
 
+#include "common/int.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -42,6 +43,21 @@
 
 /* amounts and quotas are bounded by 10^12 (docs/reference.md, "Errors") */
 #define TM_MAX_AMOUNT	INT64CONST(1000000000000)
+
+/*
+ * Sums of usage saturate at the ends of bigint instead of wrapping: an
+ * unlimited org recording 10^12 nine million times reads 9223372036854775807,
+ * never a negative number (docs/reference.md, "Result type limit_status").
+ */
+static inline int64
+tm_add_sat(int64 a, int64 b)
+{
+	int64		r;
+
+	if (pg_add_s64_overflow(a, b, &r))
+		return b > 0 ? PG_INT64_MAX : PG_INT64_MIN;
+	return r;
+}
 
 /* usage may be dated at most this far ahead of now() */
 #define TM_MAX_FUTURE_USECS	(5 * 60 * USECS_PER_SEC)

@@ -208,7 +208,7 @@ tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 	{
 		tm_cache_note(&c->ckey, c->hash, &c->of, c->amount, occurred_at, created_org);
 		if (tm_in_period(&c->of, occurred_at))
-			c->sums.used += c->amount;
+			c->sums.used = tm_add_sat(c->sums.used, c->amount);
 	}
 	else
 		tm_call_refresh(c);		/* a repeated key may have waited for its first call */
@@ -277,8 +277,8 @@ tm_consume_table(TmCall *c)
 	c->sums = tm_sums(&c->of, tm_latest_snapshot(), false);
 	if (c->of.unlimited)
 		return TM_REASON_RECORDED;
-	quota = c->of.base_quota + c->sums.granted;
-	if (quota == 0 || c->sums.used + others + c->amount > quota)
+	quota = tm_add_sat(c->of.base_quota, c->sums.granted);
+	if (quota == 0 || tm_add_sat(tm_add_sat(c->sums.used, others), c->amount) > quota)
 	{
 		if (c->reserved)
 			tm_cache_unreserve(&c->ckey, c->hash, c->amount);
