@@ -28,9 +28,6 @@ UPGRADES = sql/tiermeter--0.1.0--0.2.0.sql
 DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
-sql/tiermeter--$(EXTVERSION).sql: sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES) scripts/build_install.sh
-	scripts/build_install.sh $@ sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
-
 # pg_regress: scripts in sql/, outputs in expected/
 REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats rollover foreign_writes saturation nulls access
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
@@ -76,3 +73,8 @@ print-regress:
 bench: setup
 	@$(MAKE) --no-print-directory all install >/dev/null
 	@bench/run.sh
+
+# the current version's install script (DATA_built), after PGXS so that
+# `make` alone still means `make all`
+sql/tiermeter--$(EXTVERSION).sql: sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES) scripts/build_install.sh
+	scripts/build_install.sh $@ sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
