@@ -33,7 +33,7 @@ REGRESS = install catalog periods check record consume admin errors format cache
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race consume_bypass rollover_race
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race consume_bypass rollover_race consume_reserved
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
@@ -51,6 +51,9 @@ ifneq ($(wildcard $(PG_CONFIG)),)
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 endif
+
+# every C file includes the shared header (PGXS tracks no header changes)
+$(OBJS): src/tiermeter.h
 
 .PHONY: setup demo test
 

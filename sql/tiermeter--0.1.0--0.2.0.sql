@@ -279,3 +279,12 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION @extschema@.revoke_access(regrole, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.revoke_access(regrole, text) IS 'Takes an access level from a role: REVOKEs its privileges but those another level of the role still gives. Idempotent. The extension''s owner only.';
+
+------------------------------------------------------------------------------
+-- limit_status gains a column (columns are only ever appended): reserved,
+-- what other sessions' uncommitted consume calls hold of the quota, so that
+-- a consume refused because of them says so.
+------------------------------------------------------------------------------
+
+ALTER TYPE @extschema@.limit_status ADD ATTRIBUTE reserved bigint;
+COMMENT ON COLUMN @extschema@.limit_status.reserved IS 'Quota held by other sessions'' consume calls that have not committed yet (0 without the shared-memory cache).';

@@ -434,6 +434,7 @@ tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
 	of->period.end = e->period_end;
 	sums->used = TM_GET(e->used);
 	sums->granted = e->granted;
+	sums->reserved = TM_GET(e->reserved);
 }
 
 static TmLocal *
@@ -479,6 +480,23 @@ tm_own_amount(const TmCacheKey *key, const TmOrgFeature *of)
 	return l->amount;
 }
 
+/*
+ * Adds this transaction's own amounts to an answer copied from an entry,
+ * and takes its own reservations out of what others hold.
+ */
+static void
+tm_add_own(const TmCacheKey *key, const TmOrgFeature *of, TmSums *sums)
+{
+	TmLocal    *l = tm_local_find(key);
+
+	if (l == NULL)
+		return;
+	sums->reserved -= l->reserved;
+	if (l->mixed || (!of->is_gauge && (l->ps != of->period.start || l->pe != of->period.end)))
+		return;
+	sums->used = tm_add_sat(sums->used, l->amount);
+}
+
 /* Did this transaction change the config of this org (or all)? */
 bool
 tm_cache_bypass(const char *org_id)
@@ -520,7 +538,7 @@ tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
 	LWLockRelease(lock);
 
 	if (hit)
-		sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
+		tm_add_own(key, of, sums);
 	return hit;
 }
 
@@ -658,7 +676,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			/* built meanwhile */
 			tm_entry_copy(e, of, sums, org_id, feature, cxt);
 			LWLockRelease(lock);
-			sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
+			tm_add_own(key, of, sums);
 			return true;
 		}
 		if (e->build < 0 && (e->build = tm_build_slot_take()) >= 0)
@@ -740,6 +758,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	PG_END_TRY();
 
 	sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
+	sums->reserved = tm_cache_reserved_by_others(key, hash);
 	return installed;
 }
 
@@ -861,12 +880,14 @@ tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 	{
 		sums->used = tm_add_sat(TM_GET(e->used), own);
 		sums->granted = e->granted;
+		sums->reserved = TM_GET(e->reserved) - l->reserved;
 		LWLockRelease(lock);
 		return TM_RESERVE_REFUSED;
 	}
 	TM_ADD(e->reserved, amount);
 	sums->used = tm_add_sat(tm_add_sat(TM_GET(e->used), own), amount);
 	sums->granted = e->granted;
+	sums->reserved = TM_GET(e->reserved) - amount - l->reserved;
 	LWLockRelease(lock);
 	tm_hold(l, e, key, amount);
 	return TM_RESERVE_OK;

@@ -418,6 +418,7 @@ tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only)
 
 	sums.used = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	sums.granted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	sums.reserved = 0;
 	return sums;
 }
 

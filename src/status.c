@@ -27,6 +27,8 @@ enum
 	LS_UNLIMITED,
 	LS_PERIOD_START,
 	LS_PERIOD_END,
+	LS_NATTS_0_1,				/* the columns of 0.1.0; later ones are appended */
+	LS_RESERVED = LS_NATTS_0_1,
 	LS_NATTS
 };
 
@@ -68,7 +70,7 @@ tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 
 		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "tiermeter: return type must be a row type");
-		if (tupdesc->natts != LS_NATTS)
+		if (tupdesc->natts != LS_NATTS && tupdesc->natts != LS_NATTS_0_1)
 			elog(ERROR, "tiermeter: limit_status has %d columns, expected %d",
 				 tupdesc->natts, LS_NATTS);
 		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
@@ -126,6 +128,8 @@ tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 	values[LS_UNLIMITED] = BoolGetDatum(of->unlimited);
 	values[LS_PERIOD_START] = TimestampTzGetDatum(of->period.start);
 	values[LS_PERIOD_END] = TimestampTzGetDatum(of->period.end);
+	values[LS_RESERVED] = Int64GetDatum(sums->reserved);
 
+	/* a database still on 0.1.0 SQL has the first columns only */
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }

@@ -113,6 +113,7 @@ typedef struct TmSums
 {
 	int64		used;
 	int64		granted;
+	int64		reserved;		/* held by other sessions' uncommitted consume calls */
 } TmSums;
 
 typedef struct TmOwnerSave

@@ -275,6 +275,7 @@ tm_consume_table(TmCall *c)
 		others = tm_cache_reserved_by_others(&c->ckey, c->hash);
 	}
 	c->sums = tm_sums(&c->of, tm_latest_snapshot(), false);
+	c->sums.reserved = others;
 	if (c->of.unlimited)
 		return TM_REASON_RECORDED;
 	quota = tm_add_sat(c->of.base_quota, c->sums.granted);

@@ -10,7 +10,7 @@ SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe
 SELECT has_type('tiermeter', 'limit_status', 'limit_status exists');
 SELECT columns_are('tiermeter', 'limit_status', ARRAY['org_id', 'tier', 'feature', 'allowed',
 	'reason', 'used', 'quota', 'remaining', 'percent_used', 'warning', 'unlimited',
-	'period_start', 'period_end']);
+	'period_start', 'period_end', 'reserved']);
 
 SELECT function_returns('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'tiermeter.limit_status');
 SELECT function_returns('tiermeter', 'record_usage',
