@@ -42,6 +42,18 @@ SELECT q, pg_temp.err(q) FROM unnest(ARRAY[
 	$q$SELECT tiermeter.consume('', 1)$q$,
 	$q$SELECT tiermeter.set_org_tier('', 'basic')$q$,
 	$q$SELECT tiermeter.set_org_tier('e-1', '')$q$,
+	-- blank ids (whitespace only), ids over 1024 bytes: 22023
+	$q$SELECT tiermeter.check_org_limits('   ')$q$,
+	$q$SELECT tiermeter.record_usage(E' \t\n', 1)$q$,
+	$q$SELECT tiermeter.record_usage('e-1', 1, ' ')$q$,
+	$q$SELECT tiermeter.record_usage('e-1', 1, idempotency_key => '  ')$q$,
+	$q$SELECT tiermeter.set_org_tier(' ', 'basic')$q$,
+	$q$SELECT tiermeter.record_usage(repeat('x', 1025), 1)$q$,
+	$q$SELECT tiermeter.record_usage(repeat('é', 513), 1)$q$,
+	$q$SELECT tiermeter.record_usage('e-1', 1, idempotency_key => repeat('k', 1025))$q$,
+	$q$SELECT tiermeter.record_usage('e-1', 1, conversation_id => repeat('c', 1025))$q$,
+	$q$SELECT tiermeter.consume(repeat('x', 3000), 1)$q$,
+	$q$SELECT tiermeter.set_org_tier(repeat('x', 8000), 'basic')$q$,
 	-- negative amounts on period features, amounts above 10^12
 	$q$SELECT tiermeter.record_usage('e-1', -1)$q$,
 	$q$SELECT tiermeter.consume('e-1', -5, 'reports')$q$,
@@ -79,6 +91,11 @@ SELECT (SELECT count(*) FROM tiermeter.orgs) - orgs AS orgs,
        (SELECT count(*) FROM tiermeter.org_quotas) - quotas AS quotas,
        (SELECT count(*) FROM tiermeter.limit_events) - events AS events
   FROM before;
+
+-- an id of exactly 1024 bytes, and one with spaces around other characters
+SELECT length(org_id) AS id_length, used
+  FROM tiermeter.record_usage(repeat('x', 1024), 1, idempotency_key => repeat('k', 1024));
+SELECT org_id, used FROM tiermeter.record_usage(' e 2 ', 1);
 
 -- the whole message, detail and hint, as a client sees them
 SELECT tiermeter.record_usage('e-1', 1, 'minutes');

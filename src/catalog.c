@@ -16,6 +16,7 @@
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "parser/scansup.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/syscache.h"
@@ -186,11 +187,16 @@ tm_plan(TmPlanId id)
  *----------------------------------------------------------------------
  */
 
-/* A required id: NULL is 22004, empty is 22023. */
+/*
+ * A required id: NULL is 22004; empty, blank (whitespace only) or longer
+ * than TM_MAX_ID_BYTES is 22023.
+ */
 char *
 tm_arg_id(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	char	   *s;
+	const char *p;
+	size_t		len;
 
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
@@ -201,6 +207,19 @@ tm_arg_id(FunctionCallInfo fcinfo, int argno, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("tiermeter: %s must not be empty", what)));
+	for (p = s; *p != '\0' && scanner_isspace(*p); p++)
+		;
+	if (*p == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: %s must not be blank", what),
+				 errdetail("It has only whitespace.")));
+	len = strlen(s);
+	if (len > TM_MAX_ID_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: %s is longer than %d bytes", what, TM_MAX_ID_BYTES),
+				 errdetail("It has %zu bytes.", len)));
 	return s;
 }
 

@@ -41,6 +41,9 @@
 	extern PGDLLEXPORT Datum funcname(PG_FUNCTION_ARGS); \
 	PG_FUNCTION_INFO_V1(funcname)
 
+/* ids (org, feature, tier, conversation, idempotency key) are bounded */
+#define TM_MAX_ID_BYTES	1024
+
 /* amounts and quotas are bounded by 10^12 (docs/reference.md, "Errors") */
 #define TM_MAX_AMOUNT	INT64CONST(1000000000000)
 
