@@ -50,3 +50,13 @@ INSERT INTO tiermeter.features VALUES ('x', 'sometimes', 'u', 'bad kind');
 INSERT INTO tiermeter.tier_quotas VALUES ('free', 'no_such_feature', 1);
 INSERT INTO tiermeter.tier_quotas VALUES ('gold', 'users', 1);
 UPDATE tiermeter.tier_quotas SET quota = -1 WHERE tier_id = 'free' AND feature = 'users';
+
+-- a feature with usage cannot be renamed (its usage would be orphaned); one
+-- without usage can
+SELECT used FROM tiermeter.record_usage('cat-1', 40, 'web_scrapes');
+UPDATE tiermeter.features SET feature = 'scrapes' WHERE feature = 'web_scrapes';
+SELECT used FROM tiermeter.check_org_limits('cat-1', 'web_scrapes');
+INSERT INTO tiermeter.features VALUES ('exports', 'period', 'exports', 'CSV exports');
+UPDATE tiermeter.features SET feature = 'csv_exports' WHERE feature = 'exports';
+SELECT feature FROM tiermeter.features WHERE feature LIKE '%exports';
+DELETE FROM tiermeter.features WHERE feature = 'csv_exports';

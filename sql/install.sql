@@ -60,3 +60,16 @@ DROP ROLE tm_nobody;
 DROP EXTENSION tiermeter;
 CREATE EXTENSION tiermeter;
 SELECT count(*) AS tiers FROM tiermeter.tiers;
+
+-- a tiermeter schema made beforehand by an ordinary role is refused: that
+-- role could replace the extension's objects
+DROP EXTENSION tiermeter;
+DROP SCHEMA tiermeter;			-- DROP EXTENSION leaves the schema
+CREATE ROLE tm_mallory;
+CREATE SCHEMA tiermeter AUTHORIZATION tm_mallory;
+CREATE EXTENSION tiermeter;
+SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'tiermeter';
+DROP SCHEMA tiermeter;
+DROP ROLE tm_mallory;
+CREATE EXTENSION tiermeter;
+SELECT extversion FROM pg_extension WHERE extname = 'tiermeter';

@@ -288,3 +288,47 @@ COMMENT ON FUNCTION @extschema@.revoke_access(regrole, text) IS 'Takes an access
 
 ALTER TYPE @extschema@.limit_status ADD ATTRIBUTE reserved bigint;
 COMMENT ON COLUMN @extschema@.limit_status.reserved IS 'Quota held by other sessions'' consume calls that have not committed yet (0 without the shared-memory cache).';
+
+------------------------------------------------------------------------------
+-- The schema must not belong to a role that could replace the extension's
+-- objects: a tiermeter schema made beforehand by an ordinary role is
+-- refused, at CREATE EXTENSION and at an update.  (A schema owned by another
+-- superuser, as a restore by a different superuser leaves it, is fine.)
+------------------------------------------------------------------------------
+
+DO $$
+DECLARE
+	owner	regrole := (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = '@extschema@');
+BEGIN
+	IF owner <> (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'tiermeter')
+	   AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = owner) THEN
+		RAISE EXCEPTION 'tiermeter: schema "@extschema@" belongs to role %, which could replace the extension''s objects', owner
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Drop that schema, or make the role that creates the extension its owner (ALTER SCHEMA @extschema@ OWNER TO ...), then try again.';
+	END IF;
+END $$;
+
+------------------------------------------------------------------------------
+-- A feature with usage cannot be renamed: its ledger rows keep the name they
+-- were recorded under, so a rename would orphan them (used 40 -> 0).  The
+-- UPDATE itself is refused.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._refuse_feature_rename() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	-- SECURITY DEFINER: a role with the billing level may rename features
+	-- but not read the ledger
+	IF EXISTS (SELECT 1 FROM @extschema@.usage_log u WHERE u.feature = OLD.feature) THEN
+		RAISE EXCEPTION 'tiermeter: feature "%" has usage and cannot be renamed', OLD.feature
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Its usage is recorded under that name.',
+				  HINT = 'Add a feature with the new name instead, and give it quotas.';
+	END IF;
+	RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._refuse_feature_rename() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._refuse_feature_rename() IS 'Trigger: refuses renaming a feature that has usage in the ledger.';
+CREATE TRIGGER features_refuse_rename BEFORE UPDATE OF feature ON @extschema@.features
+	FOR EACH ROW WHEN (OLD.feature IS DISTINCT FROM NEW.feature)
+	EXECUTE FUNCTION @extschema@._refuse_feature_rename();

@@ -42,7 +42,8 @@ INSERT INTO marked VALUES
 	('_invalidate_insert()', 'v', 'u'),
 	('_check_default_tier()', 'v', 'u'),
 	('_notify_limit_event()', 'v', 'u'),
-	('_replace_seed()', 'v', 'u');
+	('_replace_seed()', 'v', 'u'),
+	('_refuse_feature_rename()', 'v', 'u');
 
 SELECT set_eq(
 	$$SELECT replace(p.oid::regprocedure::text, 'tiermeter.', '') FROM pg_proc p
