@@ -183,3 +183,31 @@ SELECT count(*) - :events_before AS events_added FROM tiermeter.stripe_events;
 
 -- through all of it, acme's usage: counted in the period Stripe set
 SELECT org_id, tier, used, quota FROM tiermeter.check_org_limits('acme');
+
+-- Stripe's input is checked: timestamps are integer Unix seconds, created at
+-- most a day ahead, metadata naming an org or a tier holds strings, ids are
+-- short; each is an error and changes nothing
+SELECT count(*) AS events_before FROM tiermeter.stripe_events \gset
+SELECT tiermeter.apply_subscription_event('{"id": "evt_s1", "type": "customer.subscription.updated", "created": "1700000000", "data": {"object": {}}}');
+SELECT tiermeter.apply_subscription_event('{"id": "evt_s2", "type": "customer.subscription.updated", "created": 1700000000.5, "data": {"object": {}}}');
+SELECT tiermeter.apply_subscription_event('{"id": "evt_s3", "type": "customer.subscription.updated", "created": -1, "data": {"object": {}}}');
+-- (these two depend on the clock: the message only)
+\set VERBOSITY terse
+SELECT tiermeter.apply_subscription_event(jsonb_build_object('id', 'evt_s4', 'type', 'customer.subscription.updated',
+	'created', extract(epoch FROM now())::bigint * 1000, 'data', '{"object": {}}'::jsonb));
+SELECT tiermeter.apply_subscription_event(jsonb_build_object('id', 'evt_s4', 'type', 'customer.subscription.updated',
+	'created', extract(epoch FROM now() + interval '2 days')::bigint, 'data', '{"object": {}}'::jsonb));
+\set VERBOSITY default
+SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_s5', 'customer.subscription.updated', 100,
+	jsonb_set(pg_temp.sub('active', 'price_basic_monthly', :p0, :p1, '{"org_id": "theta"}'),
+			  '{items,data,0,current_period_end}', to_jsonb(:p1::text))));
+SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_s6', 'customer.subscription.updated', 100,
+	pg_temp.sub('active', 'price_basic_monthly', :p0, 1000000000000000, '{"org_id": "theta"}')));
+SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_s7', 'customer.subscription.updated', 100,
+	pg_temp.sub('active', 'price_basic_monthly', :p0, :p1, '{"organizationId": {"a": 1}}')));
+SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_s8', 'customer.subscription.updated', 100,
+	pg_temp.sub('active', 'price_basic_monthly', :p0, :p1, '{"org_id": "theta", "tier": 3}')));
+SELECT tiermeter.apply_subscription_event(pg_temp.ev(repeat('e', 256), 'customer.subscription.updated', 100,
+	pg_temp.sub('active', 'price_basic_monthly', :p0, :p1, '{"org_id": "theta"}')));
+SELECT count(*) - :events_before AS events_added FROM tiermeter.stripe_events;
+SELECT count(*) AS theta FROM tiermeter.orgs WHERE org_id = 'theta';

@@ -20,7 +20,6 @@ ALTER FUNCTION @extschema@.usage_stats(text) VOLATILE PARALLEL RESTRICTED;
 ALTER FUNCTION @extschema@.verify_stripe_signature(text, text, text, integer, timestamptz)
 	IMMUTABLE PARALLEL SAFE;
 ALTER FUNCTION @extschema@._require_amount(bigint, text, boolean) PARALLEL SAFE;
-ALTER FUNCTION @extschema@._stripe_time(jsonb) PARALLEL SAFE;
 
 -- Lookups run as the extension's owner: kept in the leader process.
 ALTER FUNCTION @extschema@._require_feature(text) PARALLEL RESTRICTED;
@@ -332,3 +331,432 @@ COMMENT ON FUNCTION @extschema@._refuse_feature_rename() IS 'Trigger: refuses re
 CREATE TRIGGER features_refuse_rename BEFORE UPDATE OF feature ON @extschema@.features
 	FOR EACH ROW WHEN (OLD.feature IS DISTINCT FROM NEW.feature)
 	EXECUTE FUNCTION @extschema@._refuse_feature_rename();
+
+------------------------------------------------------------------------------
+-- Stripe input is checked before it is used: timestamps are Unix seconds
+-- (a string, a fraction, a value out of range or a created more than a day
+-- ahead, such as milliseconds, is malformed), metadata naming an org or a
+-- tier holds strings, ids are at most 255 characters.  Each is a tiermeter:
+-- 22023 error that changes nothing.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._stripe_ts(v jsonb, what text) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	n	numeric;
+BEGIN
+	IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+		RETURN NULL;
+	END IF;
+	IF jsonb_typeof(v) = 'number' THEN
+		n := (v #>> '{}')::numeric;
+	END IF;
+	-- 253402300799 is 9999-12-31 23:59:59 UTC
+	IF n IS NULL OR n <> trunc(n) OR n < 0 OR n > 253402300799 THEN
+		RAISE EXCEPTION 'tiermeter: malformed Stripe event: % is not a Unix time in seconds', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('%s = %s', what, v),
+				  HINT = 'Pass the webhook body as received: Stripe sends timestamps as integer Unix seconds.';
+	END IF;
+	RETURN to_timestamp(n::double precision);
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_ts(jsonb, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_ts(jsonb, text) IS 'Internal: a Stripe Unix timestamp (integer seconds) as timestamptz; NULL when absent; an error otherwise.';
+
+CREATE OR REPLACE FUNCTION @extschema@.apply_subscription_event(event jsonb) RETURNS text
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_id		text;
+	v_type		text;
+	v_created	timestamptz;
+	v_obj		jsonb;
+	v_meta		jsonb;
+	v_item		jsonb;
+	v_sub		text;
+	v_customer	text;
+	v_org		text;
+	v_status	text;
+	v_tier		text;
+	v_old_tier	text;
+	v_ps		timestamptz;
+	v_pe		timestamptz;
+	v_anchor	timestamptz;
+	v_last		timestamptz;
+	v_outcome	text;
+	v_why		text;
+	v_key		text;
+BEGIN
+	-- malformed input is an error, and changes nothing
+	IF event IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: event must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF jsonb_typeof(event) <> 'object' THEN
+		PERFORM @extschema@._stripe_malformed('not a JSON object');
+	END IF;
+	IF jsonb_typeof(event->'id') IS DISTINCT FROM 'string' OR event->>'id' = '' THEN
+		PERFORM @extschema@._stripe_malformed('no id');
+	END IF;
+	IF length(event->>'id') > 255 THEN
+		PERFORM @extschema@._stripe_malformed('id is longer than 255 characters');
+	END IF;
+	IF jsonb_typeof(event->'type') IS DISTINCT FROM 'string' OR event->>'type' = '' THEN
+		PERFORM @extschema@._stripe_malformed('no type');
+	END IF;
+	IF jsonb_typeof(event->'data'->'object') IS DISTINCT FROM 'object' THEN
+		PERFORM @extschema@._stripe_malformed('no data.object');
+	END IF;
+	v_created := @extschema@._stripe_ts(event->'created', 'created');
+	IF v_created IS NULL THEN
+		PERFORM @extschema@._stripe_malformed('no created timestamp');
+	END IF;
+	IF v_created > now() + interval '1 day' THEN
+		RAISE EXCEPTION 'tiermeter: malformed Stripe event: created is more than a day ahead of the database clock'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('created = %s (%s)', event->'created', v_created),
+				  HINT = 'Stripe''s created is in Unix seconds, not milliseconds.';
+	END IF;
+	v_id := event->>'id';
+	v_type := event->>'type';
+	v_obj := event->'data'->'object';
+
+	-- the period: on the first item (API 2025-03-31 and later), else on the
+	-- subscription (older API versions); checked before anything is written
+	v_item := v_obj->'items'->'data'->0;
+	IF jsonb_typeof(v_item->'current_period_start') IS DISTINCT FROM 'null'
+	   AND v_item->'current_period_start' IS NOT NULL THEN
+		v_ps := @extschema@._stripe_ts(v_item->'current_period_start', 'items.data[0].current_period_start');
+		v_pe := @extschema@._stripe_ts(v_item->'current_period_end', 'items.data[0].current_period_end');
+	ELSE
+		v_ps := @extschema@._stripe_ts(v_obj->'current_period_start', 'current_period_start');
+		v_pe := @extschema@._stripe_ts(v_obj->'current_period_end', 'current_period_end');
+	END IF;
+	IF v_ps IS NOT NULL AND v_pe IS NOT NULL AND v_pe <= v_ps THEN
+		RAISE EXCEPTION 'tiermeter: the subscription period must end after it starts'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('current_period_start = %s, current_period_end = %s', v_ps, v_pe);
+	END IF;
+	IF v_ps IS NULL OR v_pe IS NULL THEN
+		v_ps := NULL;
+		v_pe := NULL;
+	END IF;
+	v_anchor := @extschema@._stripe_ts(v_obj->'billing_cycle_anchor', 'billing_cycle_anchor');
+	-- the metadata that names an org or a tier holds strings
+	IF jsonb_typeof(v_obj->'metadata') = 'object' THEN
+		FOREACH v_key IN ARRAY ARRAY['organizationId', 'org_id', 'tier'] LOOP
+			IF jsonb_typeof(v_obj->'metadata'->v_key) NOT IN ('string', 'null') THEN
+				PERFORM @extschema@._stripe_malformed(format('metadata.%s must be a string', v_key));
+			END IF;
+		END LOOP;
+	END IF;
+
+	-- idempotent by event id, forever: claim it (a concurrent twin waits here)
+	INSERT INTO @extschema@.stripe_events (event_id, type, created)
+	VALUES (v_id, v_type, v_created)
+	ON CONFLICT (event_id) DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN 'duplicate';
+	END IF;
+
+	v_sub := CASE WHEN v_obj->>'object' = 'subscription' THEN v_obj->>'id' END;
+	v_customer := CASE jsonb_typeof(v_obj->'customer')
+		WHEN 'string' THEN v_obj->>'customer'
+		WHEN 'object' THEN v_obj->'customer'->>'id' END;
+	v_meta := CASE WHEN jsonb_typeof(v_obj->'metadata') = 'object' THEN v_obj->'metadata' ELSE '{}' END;
+	IF length(v_sub) > 255 OR length(v_customer) > 255 THEN
+		PERFORM @extschema@._stripe_malformed('a subscription or customer id is longer than 255 characters');
+	END IF;
+	v_status := v_obj->>'status';
+
+	<<decide>>
+	BEGIN
+		IF v_type NOT IN ('customer.subscription.created', 'customer.subscription.updated',
+						  'customer.subscription.deleted', 'customer.subscription.paused',
+						  'customer.subscription.resumed') THEN
+			v_outcome := 'ignored';
+			EXIT decide;
+		END IF;
+
+		-- the org: metadata, else the org that holds this customer
+		v_org := coalesce(nullif(v_meta->>'organizationId', ''), nullif(v_meta->>'org_id', ''));
+		IF v_org IS NULL AND v_customer IS NOT NULL THEN
+			SELECT o.org_id INTO v_org FROM @extschema@.orgs o
+			 WHERE o.stripe_customer_id = v_customer;
+		END IF;
+		IF v_org IS NULL THEN
+			v_outcome := 'unmapped';
+			v_why := 'no organizationId or org_id in metadata, and no org holds the customer';
+			EXIT decide;
+		END IF;
+
+		-- the tier, from the status
+		IF v_type = 'customer.subscription.deleted'
+		   OR v_status IN ('canceled', 'unpaid', 'incomplete_expired', 'paused') THEN
+			SELECT t.tier_id INTO v_tier FROM @extschema@.tiers t WHERE t.is_default;
+		ELSIF v_status IN ('active', 'trialing', 'past_due') THEN
+			SELECT p.tier_id INTO v_tier FROM @extschema@.stripe_prices p
+			 WHERE p.price_id = v_item->'price'->>'id';
+			IF v_tier IS NULL THEN
+				SELECT p.tier_id INTO v_tier FROM @extschema@.stripe_prices p
+				 WHERE p.price_id = v_item->'price'->>'lookup_key';
+			END IF;
+			IF v_tier IS NULL THEN
+				SELECT t.tier_id INTO v_tier FROM @extschema@.tiers t
+				 WHERE t.tier_id = v_meta->>'tier';
+			END IF;
+			IF v_tier IS NULL THEN
+				v_outcome := 'unmapped';
+				v_why := format('price %s (lookup key %s) is not in tiermeter.stripe_prices, and metadata.tier names no tier',
+								coalesce(v_item->'price'->>'id', 'none'),
+								coalesce(v_item->'price'->>'lookup_key', 'none'));
+				EXIT decide;
+			END IF;
+		ELSE
+			-- incomplete (or a status we do not know): nothing changes yet
+			v_outcome := 'ignored';
+			EXIT decide;
+		END IF;
+
+		-- the order of events, per subscription
+		IF v_sub IS NOT NULL THEN
+			INSERT INTO @extschema@.stripe_subscriptions (subscription_id, org_id, last_created)
+			VALUES (v_sub, v_org, '-infinity')
+			ON CONFLICT (subscription_id) DO NOTHING;
+			SELECT s.last_created INTO v_last FROM @extschema@.stripe_subscriptions s
+			 WHERE s.subscription_id = v_sub FOR UPDATE;
+			IF v_created < v_last THEN
+				v_outcome := 'stale';
+				EXIT decide;
+			END IF;
+			UPDATE @extschema@.stripe_subscriptions s
+			   SET org_id = v_org, last_created = v_created, last_event_id = v_id
+			 WHERE s.subscription_id = v_sub;
+		END IF;
+
+		-- apply: usage is never touched
+		PERFORM @extschema@._ensure_org(v_org);
+		SELECT o.tier_id INTO v_old_tier FROM @extschema@.orgs o WHERE o.org_id = v_org FOR UPDATE;
+		IF v_customer IS NOT NULL THEN
+			-- a customer id maps to at most one org: the latest to claim it
+			UPDATE @extschema@.orgs o SET stripe_customer_id = NULL, updated_at = now()
+			 WHERE o.stripe_customer_id = v_customer AND o.org_id <> v_org;
+		END IF;
+		UPDATE @extschema@.orgs o
+		   SET tier_id = v_tier,
+			   stripe_customer_id = coalesce(v_customer, o.stripe_customer_id),
+			   stripe_subscription_id = coalesce(v_sub, o.stripe_subscription_id),
+			   billing_anchor = coalesce(v_anchor, o.billing_anchor),
+			   period_start = coalesce(v_ps, o.period_start),
+			   period_end = coalesce(v_pe, o.period_end),
+			   updated_at = now()
+		 WHERE o.org_id = v_org;
+		IF v_old_tier IS DISTINCT FROM v_tier THEN
+			INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+			VALUES (v_org, 'tier_changed',
+					jsonb_build_object('from', v_old_tier, 'to', v_tier, 'source', 'stripe',
+									   'event_id', v_id, 'status', v_status));
+		END IF;
+		v_outcome := 'applied';
+	END;
+
+	IF v_outcome = 'unmapped' THEN
+		INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+		VALUES (coalesce(v_org, ''), 'stripe_unmapped',
+				jsonb_build_object('event_id', v_id, 'type', v_type, 'customer', v_customer,
+								   'subscription', v_sub, 'reason', v_why));
+	END IF;
+	UPDATE @extschema@.stripe_events e
+	   SET outcome = v_outcome, org_id = v_org, subscription_id = v_sub, customer_id = v_customer
+	 WHERE e.event_id = v_id;
+	RETURN v_outcome;
+END $$;
+
+DROP FUNCTION @extschema@._stripe_time(jsonb);
+
+------------------------------------------------------------------------------
+-- A restore keeps the deletions of seeded config rows (docs/reference.md,
+-- "Configuration tables").  A restore runs CREATE EXTENSION, which seeds
+-- the config tables, then loads the dumped rows; a seeded row the user had
+-- deleted is not in the dump, so it came back.  _deleted_seeds remembers, by key, every
+-- seeded key that is absent from its table (deleted, renamed, truncated), and
+-- pg_dump keeps it; loading it deletes the re-seeded rows again.
+--
+-- The rule kept: a key is in _deleted_seeds exactly while a seed (_seeds)
+-- has it and its table has no row with it.  So a dump never holds both a
+-- tombstone and a row with the same key, and a restore gives the same rows
+-- whichever is loaded first:
+--   - tombstones first (pg_restore's order: the table's name sorts before
+--     the config tables'): each deletes its re-seeded row, and the dumped
+--     rows are then loaded as usual;
+--   - config rows first: the dumped rows replace their untouched seeds
+--     (_replace_seed), the deleted seeds stay untouched until their
+--     tombstones delete them.
+-- The seeded default tier cannot be deleted while it is the default (a
+-- table without a default fails the check at commit): its tombstone leaves
+-- it in place, and the restored default tier, when it is inserted,
+-- deletes it.  With the config rows loaded first (pg_restore -j loads the
+-- larger tables first), a restored row that needs what a deleted seed still
+-- holds (the default, a rank) collides with it, and the load of tiers fails:
+-- a database that deleted the seeded default tier is restored without -j.
+--
+-- Privileges: a billing role may insert, update and delete config rows, so
+-- the triggers that keep _deleted_seeds run for it.  They are SECURITY
+-- DEFINER (search_path pinned) rather than granting billing write access to
+-- _deleted_seeds: with INSERT and DELETE on it, a billing role could forge or
+-- drop tombstones, which decide what a restore deletes, and every role that
+-- holds the level before this update would fail to delete a seeded row until
+-- the owner granted the levels again (docs/security.md, "Upgrades").  The
+-- definer triggers write only the tombstone of the row being changed: the
+-- key is read from the row and passed as a value, the table is the
+-- trigger's own, and EXECUTE is revoked from PUBLIC, so no other role can
+-- attach them to a table of its own.
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@._deleted_seeds (
+	tbl	text NOT NULL,
+	key	jsonb NOT NULL,
+	PRIMARY KEY (tbl, key)
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@._deleted_seeds', '');
+REVOKE ALL ON @extschema@._deleted_seeds FROM PUBLIC;
+COMMENT ON TABLE @extschema@._deleted_seeds IS 'The seeded config keys absent from their tables (deleted, renamed, truncated), as {column: value} of the primary key: a restore deletes their re-seeded rows (internal; dumped by pg_dump).';
+
+-- A database updated from 0.1.0 may have deleted seeds already: every seeded
+-- key that its table lacks.  (A fresh install lacks none.)
+INSERT INTO @extschema@._deleted_seeds (tbl, key)
+SELECT s.tbl, (SELECT jsonb_object_agg(c, s.row_data->c) FROM unnest(k.cols) AS c)
+  FROM @extschema@._seeds s
+  JOIN (VALUES ('tiers', ARRAY['tier_id']), ('features', ARRAY['feature']),
+			   ('tier_quotas', ARRAY['tier_id', 'feature']), ('alert_thresholds', ARRAY['percent'])
+	   ) AS k(tbl, cols) ON k.tbl = s.tbl
+ WHERE NOT CASE s.tbl
+		WHEN 'tiers' THEN EXISTS (SELECT 1 FROM @extschema@.tiers t
+								   WHERE t.tier_id = s.row_data->>'tier_id')
+		WHEN 'features' THEN EXISTS (SELECT 1 FROM @extschema@.features f
+									  WHERE f.feature = s.row_data->>'feature')
+		WHEN 'tier_quotas' THEN EXISTS (SELECT 1 FROM @extschema@.tier_quotas q
+										 WHERE q.tier_id = s.row_data->>'tier_id'
+										   AND q.feature = s.row_data->>'feature')
+		WHEN 'alert_thresholds' THEN EXISTS (SELECT 1 FROM @extschema@.alert_thresholds a
+											  WHERE a.percent::text = s.row_data->>'percent')
+	   END;
+
+-- On the four seeded config tables (TG_ARGV: the key columns): a row with a
+-- seeded key deleted, or its key changed, records the key; a TRUNCATE
+-- records every seeded key of the table; a row inserted, or a key changed
+-- to, takes the key's tombstone away (the user made that key again).
+CREATE FUNCTION @extschema@._track_deleted_seeds() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	old_key	jsonb;
+	new_key	jsonb;
+BEGIN
+	IF TG_OP = 'TRUNCATE' THEN
+		INSERT INTO @extschema@._deleted_seeds (tbl, key)
+		SELECT TG_TABLE_NAME, (SELECT jsonb_object_agg(c, s.row_data->c) FROM unnest(TG_ARGV) AS c)
+		  FROM @extschema@._seeds s
+		 WHERE s.tbl = TG_TABLE_NAME
+		ON CONFLICT DO NOTHING;
+		RETURN NULL;
+	END IF;
+	IF TG_OP IN ('DELETE', 'UPDATE') THEN
+		SELECT jsonb_object_agg(c, to_jsonb(OLD)->c) INTO old_key FROM unnest(TG_ARGV) AS c;
+	END IF;
+	IF TG_OP IN ('INSERT', 'UPDATE') THEN
+		SELECT jsonb_object_agg(c, to_jsonb(NEW)->c) INTO new_key FROM unnest(TG_ARGV) AS c;
+	END IF;
+	IF old_key IS NOT DISTINCT FROM new_key THEN
+		RETURN NULL;			-- an update that kept the key
+	END IF;
+	IF old_key IS NOT NULL AND EXISTS (
+			SELECT 1 FROM @extschema@._seeds s
+			 WHERE s.tbl = TG_TABLE_NAME AND s.row_data @> old_key) THEN
+		INSERT INTO @extschema@._deleted_seeds (tbl, key) VALUES (TG_TABLE_NAME, old_key)
+		ON CONFLICT DO NOTHING;
+	END IF;
+	IF new_key IS NOT NULL THEN
+		DELETE FROM @extschema@._deleted_seeds d WHERE d.tbl = TG_TABLE_NAME AND d.key = new_key;
+	END IF;
+	RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._track_deleted_seeds() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._track_deleted_seeds() IS 'Trigger: records in _deleted_seeds a seeded key deleted, renamed or truncated from its config table, and forgets a key inserted again.';
+
+CREATE TRIGGER tiers_deleted_seeds AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tiers
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._track_deleted_seeds('tier_id');
+CREATE TRIGGER tiers_truncate_deleted_seeds AFTER TRUNCATE ON @extschema@.tiers
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._track_deleted_seeds('tier_id');
+CREATE TRIGGER features_deleted_seeds AFTER INSERT OR UPDATE OR DELETE ON @extschema@.features
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._track_deleted_seeds('feature');
+CREATE TRIGGER features_truncate_deleted_seeds AFTER TRUNCATE ON @extschema@.features
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._track_deleted_seeds('feature');
+CREATE TRIGGER tier_quotas_deleted_seeds AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tier_quotas
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._track_deleted_seeds('tier_id', 'feature');
+CREATE TRIGGER tier_quotas_truncate_deleted_seeds AFTER TRUNCATE ON @extschema@.tier_quotas
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._track_deleted_seeds('tier_id', 'feature');
+CREATE TRIGGER alert_thresholds_deleted_seeds AFTER INSERT OR UPDATE OR DELETE ON @extschema@.alert_thresholds
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._track_deleted_seeds('percent');
+CREATE TRIGGER alert_thresholds_truncate_deleted_seeds AFTER TRUNCATE ON @extschema@.alert_thresholds
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._track_deleted_seeds('percent');
+
+-- A tombstone inserted (pg_restore loading _deleted_seeds) deletes the row
+-- with its key, so that the re-seeded row is gone again; the delete records
+-- the tombstone itself (above).  A tombstone already there (one that a
+-- cascade recorded first) or of a key that is not seeded here (a seed of
+-- another version) is skipped.  The seeded default tier stays until the
+-- restored default is inserted (_drop_deleted_default).  Runs as the
+-- inserting role: the owner, or the owner's definer triggers above; no
+-- level may write _deleted_seeds.
+CREATE FUNCTION @extschema@._apply_deleted_seed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	cols	text[];
+	cond	text;
+BEGIN
+	IF EXISTS (SELECT 1 FROM @extschema@._deleted_seeds d WHERE d.tbl = NEW.tbl AND d.key = NEW.key)
+	   OR NOT EXISTS (SELECT 1 FROM @extschema@._seeds s WHERE s.tbl = NEW.tbl AND s.row_data @> NEW.key) THEN
+		RETURN NULL;
+	END IF;
+	-- the key names exactly the table's primary key columns
+	SELECT array_agg(a.attname::text ORDER BY a.attname) INTO cols
+	  FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+	 WHERE i.indrelid = format('%I.%I', '@extschema@', NEW.tbl)::regclass AND i.indisprimary;
+	IF cols IS DISTINCT FROM (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(NEW.key) AS k) THEN
+		RAISE EXCEPTION 'tiermeter: a deleted seed''s key must name the primary key of %', NEW.tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('key %s, primary key (%s)', NEW.key, array_to_string(cols, ', '));
+	END IF;
+	SELECT string_agg(format('t.%I::text = ($1->>%L)', c, c), ' AND ') INTO cond FROM unnest(cols) AS c;
+	IF NEW.tbl = 'tiers' THEN
+		cond := cond || ' AND NOT t.is_default';
+	END IF;
+	EXECUTE format('DELETE FROM %I.%I t WHERE %s', '@extschema@', NEW.tbl, cond) USING NEW.key;
+	IF EXISTS (SELECT 1 FROM @extschema@._deleted_seeds d WHERE d.tbl = NEW.tbl AND d.key = NEW.key) THEN
+		RETURN NULL;			-- the delete recorded it
+	END IF;
+	RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._apply_deleted_seed() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._apply_deleted_seed() IS 'Trigger: a tombstone inserted into _deleted_seeds (by pg_restore) deletes the config row with its key; the seeded default tier waits for the restored default.';
+
+CREATE TRIGGER deleted_seeds_apply BEFORE INSERT ON @extschema@._deleted_seeds
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._apply_deleted_seed();
+
+-- A default tier inserted while the default is a tier with a tombstone (only
+-- a restore makes one: _apply_deleted_seed left the seeded default in place)
+-- deletes that tier first.  Named to run before tiers_replace_seed, whose
+-- UPDATE would collide with it on tiers_one_default.
+CREATE FUNCTION @extschema@._drop_deleted_default() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	DELETE FROM @extschema@.tiers t
+	 WHERE t.is_default AND t.tier_id <> NEW.tier_id
+	   AND EXISTS (SELECT 1 FROM @extschema@._deleted_seeds d
+					WHERE d.tbl = 'tiers' AND d.key = jsonb_build_object('tier_id', t.tier_id));
+	RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._drop_deleted_default() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._drop_deleted_default() IS 'Trigger: a default tier inserted during a restore deletes the seeded default tier that the dumped database had deleted.';
+
+CREATE TRIGGER tiers_deleted_default BEFORE INSERT ON @extschema@.tiers
+	FOR EACH ROW WHEN (NEW.is_default) EXECUTE FUNCTION @extschema@._drop_deleted_default();

@@ -15,7 +15,7 @@ INSERT INTO marked VALUES
 	('period_bounds(timestamp with time zone,timestamp with time zone,timestamp with time zone,timestamp with time zone)', 'i', 's'),
 	('verify_stripe_signature(text,text,text,integer,timestamp with time zone)', 'i', 's'),
 	('_require_amount(bigint,text,boolean)', 'i', 's'),
-	('_stripe_time(jsonb)', 'i', 's'),
+	('_stripe_ts(jsonb,text)', 'i', 's'),
 	('_access_privileges(text)', 'i', 's'),
 	-- catalog reads: the access level checks
 	('_access_held(regrole,text)', 's', 's'),
@@ -43,6 +43,9 @@ INSERT INTO marked VALUES
 	('_check_default_tier()', 'v', 'u'),
 	('_notify_limit_event()', 'v', 'u'),
 	('_replace_seed()', 'v', 'u'),
+	('_track_deleted_seeds()', 'v', 'u'),
+	('_apply_deleted_seed()', 'v', 'u'),
+	('_drop_deleted_default()', 'v', 'u'),
 	('_refuse_feature_rename()', 'v', 'u');
 
 SELECT set_eq(
