@@ -89,6 +89,8 @@ for from in "${released[@]}"; do
 	same "updated: every datum as before" "$out/data.before" "$out/data.after"
 	run "$db" test/upgrade/answers.sql "$out/answers.out"
 	same "updated: the same answers" test/upgrade/expected/answers.out "$out/answers.out"
+	run "$db" test/upgrade/migrated.sql "$out/migrated.out"
+	same "updated: the data migrated on purpose" test/upgrade/expected/migrated.out "$out/migrated.out"
 	describe "$db" catalog "$out/catalog.updated"
 	same "updated: every object equals a fresh $EXTVERSION install's" "$out/catalog.fresh" "$out/catalog.updated"
 

@@ -17,6 +17,9 @@ INSERT INTO tiermeter.tier_quotas VALUES
 	('enterprise', 'exports', NULL), ('team', 'conversation_seconds', 36000), ('team', 'exports', 50);
 INSERT INTO tiermeter.alert_thresholds VALUES (50);
 INSERT INTO tiermeter.stripe_prices VALUES ('price_basic_monthly', 'basic'), ('team_lookup', 'team');
+-- seeded rows deleted (a later version remembers them for restores)
+DELETE FROM tiermeter.tier_quotas WHERE tier_id = 'free' AND feature = 'images';
+DELETE FROM tiermeter.alert_thresholds WHERE percent = 100;
 
 -- a free org: keyed usage (one key sent twice), conversations, consume
 SELECT used FROM tiermeter.record_usage('o-free', 600, conversation_id => 'c1', idempotency_key => 'k1');
