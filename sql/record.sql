@@ -33,8 +33,12 @@ SELECT count(*) AS ghost_orgs FROM tiermeter.orgs WHERE org_id = 'r-ghost';
 -- the current status
 SELECT used FROM tiermeter.record_usage('r-1', 10, idempotency_key => 'evt-1');
 SELECT used FROM tiermeter.record_usage('r-1', 10, idempotency_key => 'evt-1');
+-- the same key with another amount or feature names another call: an error
+-- with the first call's values, and nothing recorded
 SELECT used FROM tiermeter.record_usage('r-1', 99, idempotency_key => 'evt-1');
 SELECT used FROM tiermeter.record_usage('r-1', 1, 'images', idempotency_key => 'evt-1');
+SELECT used FROM tiermeter.consume('r-1', 11, idempotency_key => 'evt-1');
+SELECT used FROM tiermeter.consume('r-1', 10, idempotency_key => 'evt-1');
 SELECT count(*) AS rows_with_key FROM tiermeter.usage_log WHERE org_id = 'r-1' AND idempotency_key = 'evt-1';
 -- however far apart: a key from last year still counts once
 SELECT used FROM tiermeter.record_usage('r-1', 3, idempotency_key => 'evt-old', occurred_at => now() - interval '1 year');

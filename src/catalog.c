@@ -91,7 +91,7 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		6, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID}
 	},
 	[TM_PLAN_KEY_EXISTS] = {
-		"SELECT 1 FROM tiermeter.usage_log u"
+		"SELECT u.feature, u.amount FROM tiermeter.usage_log u"
 		" WHERE u.org_id" EQ "$1 AND u.idempotency_key" EQ "$2",
 		2, {TEXTOID, TEXTOID}
 	},

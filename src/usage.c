@@ -148,17 +148,40 @@ tm_latest_snapshot(void)
 	return GetLatestSnapshot();
 }
 
+/*
+ * Was this call's idempotency key used already?  A key names one call: used
+ * again with another feature or amount, it is an error (the first call's
+ * values in the DETAIL), never a silent no-op.
+ */
 static bool
-tm_key_exists(const TmOrgFeature *of, const char *key, Snapshot snapshot)
+tm_key_exists(const TmCall *c, Snapshot snapshot)
 {
 	Datum		values[2];
+	HeapTuple	row;
+	TupleDesc	desc;
+	char	   *feature;
+	int64		amount;
+	bool		isnull;
 
-	values[0] = CStringGetTextDatum(of->org_id);
-	values[1] = CStringGetTextDatum(key);
+	values[0] = CStringGetTextDatum(c->of.org_id);
+	values[1] = CStringGetTextDatum(c->key);
 	if (SPI_execute_snapshot(tm_plan(TM_PLAN_KEY_EXISTS), values, NULL,
 							 snapshot, InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "tiermeter: idempotency key lookup failed");
-	return SPI_processed > 0;
+	if (SPI_processed == 0)
+		return false;
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	feature = SPI_getvalue(row, desc, 1);
+	amount = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+	if (strcmp(feature, c->feature) != 0 || amount != c->amount)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: idempotency key \"%s\" was used for another call", c->key),
+				 errdetail("The first call recorded " INT64_FORMAT " of \"%s\"; this one asks for " INT64_FORMAT " of \"%s\".",
+						   amount, feature, c->amount, c->feature),
+				 errhint("Repeat a call with exactly its values, or use a new key for a new call.")));
+	return true;
 }
 
 /* Appends a ledger row; false if the idempotency key was already there. */
@@ -211,7 +234,12 @@ tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 			c->sums.used = tm_add_sat(c->sums.used, c->amount);
 	}
 	else
-		tm_call_refresh(c);		/* a repeated key may have waited for its first call */
+	{
+		/* a repeated key may have waited for its first call */
+		if (!inserted && c->key != NULL)
+			(void) tm_key_exists(c, tm_latest_snapshot());
+		tm_call_refresh(c);
+	}
 	return inserted;
 }
 
@@ -245,7 +273,7 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 	tm_call_load(&c);
 	/* a replayed key returns the current status, whatever the level now */
 	if (c.of.is_gauge && c.amount < 0 &&
-		!(c.key != NULL && tm_key_exists(&c.of, c.key, tm_latest_snapshot())))
+		!(c.key != NULL && tm_key_exists(&c, tm_latest_snapshot())))
 		tm_check_gauge_floor(&c);
 	created = tm_call_ensure_org(&c);
 	(void) tm_record(&c, occurred_at, created);
@@ -315,7 +343,7 @@ tiermeter_consume(PG_FUNCTION_ARGS)
 	{
 		Snapshot	snapshot = c.cached ? tm_latest_snapshot() : tm_lock_org_feature(&c.of);
 
-		if (tm_key_exists(&c.of, c.key, snapshot))
+		if (tm_key_exists(&c, snapshot))
 		{
 			/* a replay: the first call was recorded */
 			if (!c.cached)
