@@ -17,6 +17,10 @@ OBJS = \
 	src/limits.o \
 	src/usage.o \
 	src/cache.o \
+	src/cache_build.o \
+	src/cache_local.o \
+	src/cache_reserve.o \
+	src/cache_inval.o \
 	src/stripe.o \
 	src/format.o
 
@@ -54,6 +58,8 @@ endif
 
 # every C file includes the shared header (PGXS tracks no header changes)
 $(OBJS): src/tiermeter.h
+# the cache's files also include its private header
+src/cache.o src/cache_build.o src/cache_local.o src/cache_reserve.o src/cache_inval.o: src/cache.h
 
 .PHONY: setup demo test
 

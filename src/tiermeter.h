@@ -10,6 +10,13 @@
  *	status.c	building a limit_status value
  *	limits.c	check_org_limits
  *	usage.c		record_usage, consume
+ *	cache.c		the shared-memory counter cache: the shared table, the hit
+ *				path; its other parts share the private cache.h:
+ *				cache_build.c (building an entry), cache_local.c (what
+ *				this transaction recorded, applied at commit),
+ *				cache_reserve.c (consume's reservations), cache_inval.c
+ *				(invalidation of config)
+ *	stripe.c	verify_stripe_signature
  *	format.c	format_duration
  */
 #ifndef TIERMETER_H

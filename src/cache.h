@@ -1,0 +1,167 @@
+/*
+ * cache.h
+ *		Private declarations of the shared-memory counter cache, shared only
+ *		by its files; the rest of the extension calls the API in tiermeter.h.
+ *
+ * One concern per file:
+ *	cache.c			the shared table: shared memory, the partitioned hash and
+ *					its locks, finding and creating entries, eviction, the
+ *					hit path
+ *	cache_build.c	(re)building an entry from the tables: build slots, late
+ *					commits, registration epochs
+ *	cache_local.c	what this transaction recorded (its own amounts, the undo
+ *					of subtransactions) and the transaction callbacks that
+ *					apply it at commit
+ *	cache_reserve.c	consume's reservations against the quota
+ *	cache_inval.c	invalidation of config: the triggers, this transaction's
+ *					invalidation set, applying it at commit
+ */
+#ifndef TM_CACHE_H
+#define TM_CACHE_H
+
+#include "tiermeter.h"
+
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/hsearch.h"
+
+#define TM_PARTITIONS	16
+
+#define TM_MAX_BUILDS	64		/* entries being built at once */
+#define TM_MAX_LATE		64		/* commits that one build can take in */
+
+typedef struct TmLate
+{
+	TransactionId xid;
+	int64		amount;
+	TimestampTz ps;				/* the period the amount belongs to */
+} TmLate;
+
+/* One build in progress; guarded by the partition lock of its entry. */
+typedef struct TmBuild
+{
+	bool		spoiled;		/* something happened it cannot represent */
+	pg_atomic_uint32 nlate;		/* appended under a shared lock */
+	TmLate		late[TM_MAX_LATE];
+} TmBuild;
+
+typedef struct TmEntry
+{
+	TmCacheKey	key;
+	bool		valid;
+	int16		build;			/* build slot while being built, else -1 */
+	uint32		epoch;			/* bumped by each build after its snapshot */
+	pg_atomic_uint32 pending[2];	/* transactions between PRE_COMMIT and
+									 * COMMIT/ABORT, by parity of the epoch
+									 * they registered in */
+	pg_atomic_uint64 reserved;	/* consume amounts not yet committed */
+	pg_atomic_uint64 used;		/* committed usage in [period_start, period_end) */
+	int64		granted;
+	int64		base_quota;
+	TimestampTz period_start;
+	TimestampTz period_end;
+	TimestampTz anchor;
+	TimestampTz stored_start;
+	TimestampTz stored_end;
+	bool		org_exists;
+	bool		is_gauge;
+	bool		unlimited;
+	bool		has_warning;
+	int32		warning_percent;
+	pg_atomic_uint64 last_access;
+	char		tier_id[TM_KEY_LEN];
+} TmEntry;
+
+typedef struct TmShared
+{
+	LWLockPadded *locks;
+	pg_atomic_uint64 generation;	/* bumped by every config commit */
+	pg_atomic_uint32 unregistered;	/* commits in flight without an entry */
+	slock_t		build_mutex;	/* guards build_used */
+	bool		build_used[TM_MAX_BUILDS];
+	TmBuild		builds[TM_MAX_BUILDS];
+} TmShared;
+
+/*
+ * used, reserved and pending change under the partition lock held in shared
+ * mode (commits of one org run in parallel), so they are atomics; anything
+ * that must see them still, a build's install or a reservation, holds the
+ * lock exclusively.
+ */
+#define TM_GET(a)		((int64) pg_atomic_read_u64(&(a)))
+#define TM_ADD(a, v)	((void) pg_atomic_fetch_add_u64(&(a), (int64) (v)))
+#define TM_SET(a, v)	pg_atomic_write_u64(&(a), (uint64) (v))
+
+/* used saturates at the ends of bigint (tm_add_sat), atomically */
+static inline void
+tm_atomic_add_sat(pg_atomic_uint64 *a, int64 v)
+{
+	uint64		old = pg_atomic_read_u64(a);
+
+	while (!pg_atomic_compare_exchange_u64(a, &old, (uint64) tm_add_sat((int64) old, v)))
+		;
+}
+
+/* what this transaction recorded, per key */
+typedef struct TmLocal
+{
+	TmCacheKey	key;
+	uint32		hash;
+	int64		amount;			/* recorded inside [ps, pe) (gauges: all) */
+	int64		reserved;		/* of which reserved by consume */
+	TimestampTz ps;
+	TimestampTz pe;
+	bool		has_period;		/* ps and pe are set */
+	bool		mixed;			/* amounts of two different periods */
+	bool		stale;			/* amounts outside the period: rebuild */
+	bool		created_org;
+	bool		registered;
+	int64		undo_reserved;	/* scratch for a savepoint's rollback */
+	uint32		reg_epoch;		/* the entry's epoch when we registered */
+	bool		unregistered;
+	TmEntry    *entry;			/* pinned while registered or reserved */
+} TmLocal;
+
+/* cache.c */
+extern TmShared *tm_shared;
+extern HTAB *tm_htab;
+
+static inline LWLock *
+tm_lock_for(uint32 hash)
+{
+	return &tm_shared->locks[hash % TM_PARTITIONS].lock;
+}
+
+/* LRU stamp, written at most once a second so hot entries stay read-mostly */
+static inline void
+tm_touch(TmEntry *e, TimestampTz now)
+{
+	if ((uint64) now > pg_atomic_read_u64(&e->last_access) + USECS_PER_SEC)
+		pg_atomic_write_u64(&e->last_access, (uint64) now);
+}
+
+static inline bool
+tm_entry_current(const TmEntry *e, TimestampTz now)
+{
+	return e->valid && e->period_start <= now && now < e->period_end;
+}
+
+extern TmEntry *tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock);
+extern void tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
+						  const char *org_id, const char *feature, MemoryContext cxt);
+
+/* cache_local.c */
+extern TmLocal *tm_local_find(const TmCacheKey *key);
+extern TmLocal *tm_local_entry(const TmCacheKey *key, uint32 hash);
+extern int64 tm_own_amount(const TmCacheKey *key, const TmOrgFeature *of);
+extern void tm_add_own(const TmCacheKey *key, const TmOrgFeature *of, TmSums *sums);
+extern void tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved);
+
+/* cache_inval.c */
+extern bool tm_inval_all;
+extern HTAB *tm_inval_orgs;
+
+extern void tm_apply_invalidations(void);
+
+#endif							/* TM_CACHE_H */
