@@ -99,6 +99,34 @@ line 'record_usage, ONE org, 32 clients (vs INSERT)' record_hot  insert_hot '>= 
 line '  naive record, ONE org (vs INSERT)'           naive_rec_hot insert_hot '(naive ~0.11)'
 line 'consume, ONE org, 32 clients (vs INSERT)'     consume_hot  insert_hot '>= 0.50'
 line '  naive consume, ONE org (vs INSERT)'          naive_con_hot insert_hot '(reference)'
+# many calls in one transaction, each in its own exception block or not:
+# calls per second at 10k and at 100k calls should be about the same
+psql -X -q -d $DB <<'SQL' > "$work/long.out"
+CREATE FUNCTION pg_temp.calls(n int, sub boolean) RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	FOR i IN 1..n LOOP
+		IF sub THEN
+			BEGIN
+				PERFORM tiermeter.record_usage('long-' || n || sub, 1);
+			EXCEPTION WHEN others THEN RAISE;
+			END;
+		ELSE
+			PERFORM tiermeter.record_usage('long-' || n || sub, 1);
+		END IF;
+	END LOOP;
+	RETURN round(n / extract(epoch FROM clock_timestamp() - t0));
+END $$;
+\pset tuples_only on
+SELECT 'one transaction of 10k calls, no savepoints:    ' || pg_temp.calls(10000, false) || ' calls/s';
+SELECT 'one transaction of 100k calls, no savepoints:   ' || pg_temp.calls(100000, false) || ' calls/s';
+SELECT 'one transaction of 10k calls, a savepoint each:  ' || pg_temp.calls(10000, true) || ' calls/s';
+SELECT 'one transaction of 100k calls, a savepoint each: ' || pg_temp.calls(100000, true) || ' calls/s';
+SQL
+echo
+grep 'one transaction' "$work/long.out"
+
 # rollover of 1M orgs while 8 clients check: its time, and the checks' TPS
 # meanwhile against the check run above
 ROLL_ORGS=${BENCH_ROLLOVER_ORGS:-1000000}

@@ -16,14 +16,26 @@
 #include "access/xact.h"
 #include "utils/memutils.h"
 
-/* undo records for subtransactions (none outside savepoints) */
+/*
+ * Undo records for subtransactions (none outside savepoints), in the order
+ * they were made, in TopTransactionContext.  Subtransactions nest, so the
+ * records of the innermost open one are always the last ones: tm_segs marks
+ * where each subtransaction's records begin.  Its commit hands them to its
+ * parent (O(1)), its abort undoes just them: every record is handled once,
+ * however many calls and savepoints one transaction makes.
+ */
 typedef struct TmUndo
 {
-	SubTransactionId subid;
 	TmCacheKey	key;
 	int64		amount;
 	int64		reserved;
 } TmUndo;
+
+typedef struct TmUndoSeg
+{
+	SubTransactionId subid;
+	int			start;			/* its first record in tm_undo */
+} TmUndoSeg;
 
 /*
  * This transaction's notes: the first key inline (most transactions touch
@@ -39,7 +51,12 @@ typedef struct TmLocalIter
 	bool		in_hash;
 	HASH_SEQ_STATUS seq;
 } TmLocalIter;
-static List *tm_undo = NIL;		/* in TopTransactionContext */
+static TmUndo *tm_undo = NULL;
+static int	tm_nundo = 0;
+static int	tm_maxundo = 0;
+static TmUndoSeg *tm_segs = NULL;
+static int	tm_nsegs = 0;
+static int	tm_maxsegs = 0;
 
 /* this transaction's xid, taken at PRE_COMMIT for the COMMIT step */
 static TransactionId tm_commit_xid = InvalidTransactionId;
@@ -153,23 +170,38 @@ tm_local_entry(const TmCacheKey *key, uint32 hash)
 	return l;
 }
 
+/* Grows an array in TopTransactionContext to hold one more element. */
+static void *
+tm_grow(void *array, int n, int *max, Size elem)
+{
+	if (n < *max)
+		return array;
+	*max = (*max == 0) ? 16 : *max * 2;
+	if (array == NULL)
+		return MemoryContextAlloc(TopTransactionContext, *max * elem);
+	return repalloc(array, *max * elem);
+}
+
 void
 tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved)
 {
 	SubTransactionId subid = GetCurrentSubTransactionId();
-	MemoryContext old;
 	TmUndo	   *u;
 
 	if (subid == TopSubTransactionId)
 		return;
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	u = palloc(sizeof(TmUndo));
-	u->subid = subid;
+	if (tm_nsegs == 0 || tm_segs[tm_nsegs - 1].subid != subid)
+	{
+		tm_segs = tm_grow(tm_segs, tm_nsegs, &tm_maxsegs, sizeof(TmUndoSeg));
+		tm_segs[tm_nsegs].subid = subid;
+		tm_segs[tm_nsegs].start = tm_nundo;
+		tm_nsegs++;
+	}
+	tm_undo = tm_grow(tm_undo, tm_nundo, &tm_maxundo, sizeof(TmUndo));
+	u = &tm_undo[tm_nundo++];
 	u->key = *key;
 	u->amount = amount;
 	u->reserved = reserved;
-	tm_undo = lappend(tm_undo, u);
-	MemoryContextSwitchTo(old);
 }
 
 /* Notes usage this transaction recorded, to apply at commit. */
@@ -212,7 +244,10 @@ tm_local_reset(void)
 {
 	tm_first_used = false;
 	tm_local = NULL;
-	tm_undo = NIL;
+	tm_undo = NULL;
+	tm_nundo = tm_maxundo = 0;
+	tm_segs = NULL;
+	tm_nsegs = tm_maxsegs = 0;
 	tm_inval_all = false;
 	tm_inval_orgs = NULL;
 }
@@ -372,46 +407,46 @@ static void
 tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					SubTransactionId parentSubid, void *arg)
 {
-	ListCell   *lc;
+	TmUndoSeg  *seg;
+	int			i;
 
-	if (tm_undo == NIL)
+	/* the innermost subtransaction's records, if it made any, come last */
+	if (tm_nsegs == 0 || tm_segs[tm_nsegs - 1].subid != mySubid)
 		return;
+	seg = &tm_segs[tm_nsegs - 1];
 	if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
-		foreach(lc, tm_undo)
+		/* its records are its parent's now */
+		if (parentSubid == TopSubTransactionId)
 		{
-			TmUndo	   *u = lfirst(lc);
-
-			if (u->subid == mySubid)
-				u->subid = parentSubid;
+			tm_nundo = seg->start;		/* nothing undoes a top-level record */
+			tm_nsegs--;
 		}
+		else if (tm_nsegs > 1 && tm_segs[tm_nsegs - 2].subid == parentSubid)
+			tm_nsegs--;			/* the parent's own records come just before */
+		else
+			seg->subid = parentSubid;
 	}
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
-		TmLocalIter it = {0};
 		TmLocal    *l;
 
 		/* net effect per key first: a reserve and unreserve cancel out */
-		while ((l = tm_local_next(&it)) != NULL)
-			l->undo_reserved = 0;
-		foreach(lc, tm_undo)
+		for (i = seg->start; i < tm_nundo; i++)
 		{
-			TmUndo	   *u = lfirst(lc);
+			TmUndo	   *u = &tm_undo[i];
 
-			if (u->subid != mySubid)
-				continue;
 			l = tm_local_find(&u->key);
 			if (l != NULL)
 			{
 				l->amount -= u->amount;
 				l->undo_reserved += u->reserved;
 			}
-			u->subid = InvalidSubTransactionId;
 		}
-		memset(&it, 0, sizeof(it));
-		while ((l = tm_local_next(&it)) != NULL)
+		for (i = seg->start; i < tm_nundo; i++)
 		{
-			if (l->undo_reserved != 0)
+			l = tm_local_find(&tm_undo[i].key);
+			if (l != NULL && l->undo_reserved != 0)
 			{
 				LWLock	   *lock = tm_lock_for(l->hash);
 
@@ -422,6 +457,8 @@ tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				l->undo_reserved = 0;
 			}
 		}
+		tm_nundo = seg->start;
+		tm_nsegs--;
 	}
 }
 
