@@ -33,11 +33,11 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe usage_stats rollover foreign_writes saturation savepoints nulls access
+REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints nulls access
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race consume_bypass rollover_race consume_reserved
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

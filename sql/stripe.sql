@@ -2,41 +2,7 @@
 -- fixture Subscription object (test/fixtures/stripe/fixtures3.json), in both API
 -- shapes.  Usage is never touched by any of them.
 SET timezone = 'UTC';
-\set fixtures `cat test/fixtures/stripe/fixtures3.json`
-CREATE TEMP TABLE fx AS SELECT (:'fixtures'::jsonb)->'resources'->'subscription' AS sub;
-
--- A Subscription as Stripe sends it, with the fields a scenario sets.
--- Periods are on the first item (API 2025-03-31 and later) unless old_api.
-CREATE FUNCTION pg_temp.sub(status text, price text, ps bigint, pe bigint,
-	meta jsonb DEFAULT '{}', customer text DEFAULT 'cus_QXg1o8vcGmoR32',
-	lookup_key text DEFAULT NULL, old_api boolean DEFAULT false,
-	sub_id text DEFAULT 'sub_1Pgc6rB7WZ01zgkWNy0Cn5nw') RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-	s jsonb := (SELECT fx.sub FROM fx);
-BEGIN
-	s := s || jsonb_build_object('id', sub_id, 'status', status, 'metadata', meta,
-								 'customer', customer, 'billing_cycle_anchor', ps);
-	s := jsonb_set(s, '{items,data,0,price,id}', to_jsonb(price));
-	s := jsonb_set(s, '{items,data,0,price,lookup_key}', coalesce(to_jsonb(lookup_key), 'null'));
-	s := jsonb_set(s, '{items,data,0,subscription}', to_jsonb(sub_id));
-	IF old_api THEN
-		s := s #- '{items,data,0,current_period_start}' #- '{items,data,0,current_period_end}';
-		s := s || jsonb_build_object('current_period_start', ps, 'current_period_end', pe);
-	ELSE
-		s := jsonb_set(s, '{items,data,0,current_period_start}', to_jsonb(ps));
-		s := jsonb_set(s, '{items,data,0,current_period_end}', to_jsonb(pe));
-	END IF;
-	RETURN s;
-END $$;
-
-CREATE FUNCTION pg_temp.ev(id text, type text, created bigint, obj jsonb) RETURNS jsonb
-LANGUAGE sql AS $$
-	SELECT jsonb_build_object('id', id, 'object', 'event', 'api_version', '2025-03-31.basil',
-		'created', created, 'livemode', false, 'pending_webhooks', 1,
-		'request', jsonb_build_object('id', 'req_1', 'idempotency_key', NULL),
-		'type', type, 'data', jsonb_build_object('object', obj))
-$$;
+\i test/fixtures/stripe/events.sql
 
 -- the fixture really is Stripe's object, in the current shape
 SELECT sub->>'object' AS object, sub ? 'current_period_start' AS period_on_subscription,
@@ -93,7 +59,7 @@ SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_b3', 'customer.subscri
 	pg_temp.sub('active', 'price_pro_monthly', :p0, :p1, '{"org_id": "beta"}', 'cus_beta', sub_id => 'sub_beta')));
 SELECT tier_id FROM tiermeter.orgs WHERE org_id = 'beta';
 
--- later events without metadata find the org by its stored customer id
+-- later events without metadata find the org their subscription belongs to
 SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_b5', 'customer.subscription.updated', 5000,
 	pg_temp.sub('active', 'price_pro_monthly', :p0, :p1, '{}', 'cus_beta', sub_id => 'sub_beta')));
 SELECT tier_id FROM tiermeter.orgs WHERE org_id = 'beta';
@@ -157,10 +123,12 @@ SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_old', 'customer.subscr
 SELECT tier_id, period_start = to_timestamp(:p0) AND period_end = to_timestamp(:p1) AS period_from_subscription
   FROM tiermeter.orgs WHERE org_id = 'epsilon';
 
--- a customer id maps to at most one org: the latest to claim it
+-- a customer id is linked to at most one org: the latest to claim it (an
+-- org still shows the customer of its own subscription)
 SELECT tiermeter.apply_subscription_event(pg_temp.ev('evt_z1', 'customer.subscription.created', 100,
 	pg_temp.sub('active', 'price_basic_monthly', :p0, :p1, '{"org_id": "zeta"}', 'cus_beta', sub_id => 'sub_zeta')));
-SELECT org_id, stripe_customer_id FROM tiermeter.orgs WHERE org_id IN ('beta', 'zeta') ORDER BY org_id;
+SELECT customer_id, org_id FROM tiermeter.stripe_customers WHERE customer_id = 'cus_beta';
+SELECT org_id, stripe_customer_id, stripe_subscription_id FROM tiermeter.orgs WHERE org_id IN ('beta', 'zeta') ORDER BY org_id;
 
 -- every event is on record, with its outcome
 SELECT event_id, type, extract(epoch FROM created) AS created, org_id, subscription_id, outcome,

@@ -134,6 +134,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		('app', 'EXECUTE', 'FUNCTION', '@extschema@.consume(text, bigint, text, text, text)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.verify_stripe_signature(text, text, text, integer, timestamptz)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.apply_subscription_event(jsonb)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.link_stripe_customer(text, text)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.link_stripe_subscription(text, text)'),
+		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.reapply_stripe_events()'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.set_org_tier(text, text)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.set_org_quota(text, text, bigint)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.grant_usage(text, bigint, text, text)'),
@@ -333,11 +336,24 @@ CREATE TRIGGER features_refuse_rename BEFORE UPDATE OF feature ON @extschema@.fe
 	EXECUTE FUNCTION @extschema@._refuse_feature_rename();
 
 ------------------------------------------------------------------------------
--- Stripe input is checked before it is used: timestamps are Unix seconds
--- (a string, a fraction, a value out of range or a created more than a day
--- ahead, such as milliseconds, is malformed), metadata naming an org or a
--- tier holds strings, ids are at most 255 characters.  Each is a tiermeter:
--- 22023 error that changes nothing.
+-- Stripe (docs/stripe.md).
+--
+-- Input is checked before it is used: timestamps are Unix seconds (a string,
+-- a fraction, a value out of range or a created more than a day ahead, such
+-- as milliseconds, is malformed), metadata naming an org or a tier holds
+-- strings, ids are at most 255 characters.  Each is a tiermeter: 22023
+-- error that changes nothing.
+--
+-- State per subscription: each subscription belongs to one org (the first
+-- one it was mapped to; metadata naming another org, a Checkout or a link
+-- by hand moves it, a customer's mapping never does) and keeps the status,
+-- tier, period, anchor and billing interval of its last applied event.  An
+-- org's tier, period, anchor and Stripe ids are recomputed from its live
+-- subscriptions after each change, so ending one subscription falls back on
+-- the others.  Customers are linked to orgs in stripe_customers (by an event
+-- whose metadata names the org, a Checkout, or by hand).  An unmapped event
+-- keeps its payload, and is re-applied when a Checkout links its
+-- subscription or customer, or by reapply_stripe_events().
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@._stripe_ts(v jsonb, what text) RETURNS timestamptz
@@ -363,9 +379,236 @@ END $$;
 REVOKE ALL ON FUNCTION @extschema@._stripe_ts(jsonb, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._stripe_ts(jsonb, text) IS 'Internal: a Stripe Unix timestamp (integer seconds) as timestamptz; NULL when absent; an error otherwise.';
 
-CREATE OR REPLACE FUNCTION @extschema@.apply_subscription_event(event jsonb) RETURNS text
-LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
+-- Every subscription's state, from its last applied event.  org_id is the
+-- org it belongs to; a subscription linked by a Checkout or by hand before
+-- any event of it has a row with no state yet (last_created -infinity).
+ALTER TABLE @extschema@.stripe_subscriptions
+	ADD COLUMN customer_id				text,
+	ADD COLUMN status					text,
+	ADD COLUMN live						boolean NOT NULL DEFAULT false,
+	ADD COLUMN tier_id					text REFERENCES @extschema@.tiers ON UPDATE CASCADE ON DELETE SET NULL,
+	ADD COLUMN subscription_created		timestamptz,
+	ADD COLUMN period_start				timestamptz,
+	ADD COLUMN period_end				timestamptz,
+	ADD COLUMN billing_cycle_anchor		timestamptz,
+	ADD COLUMN billing_interval			text,
+	ADD COLUMN billing_interval_count	integer;
+CREATE INDEX stripe_subscriptions_org ON @extschema@.stripe_subscriptions (org_id);
+COMMENT ON TABLE @extschema@.stripe_subscriptions IS 'Per Stripe subscription: the org it belongs to, the created of its last applied event (older events are stale), and the state that event gave (status, live, tier, period, anchor, billing interval).';
+
+-- 0.1.0 kept no state per subscription: a subscription that is its org's
+-- current one takes the org's tier, period and anchor, live unless the org
+-- is on the default tier or the subscription's last event deleted it; the
+-- customer comes from its last event.  (The billing interval is unknown:
+-- docs/stripe.md says how a period is then taken.)
+UPDATE @extschema@.stripe_subscriptions s
+   SET customer_id = e.customer_id
+  FROM @extschema@.stripe_events e
+ WHERE e.event_id = s.last_event_id;
+UPDATE @extschema@.stripe_subscriptions s
+   SET live = NOT t.is_default,
+	   tier_id = CASE WHEN NOT t.is_default THEN o.tier_id END,
+	   period_start = o.period_start,
+	   period_end = o.period_end,
+	   billing_cycle_anchor = o.billing_anchor
+  FROM @extschema@.orgs o
+  JOIN @extschema@.tiers t ON t.tier_id = o.tier_id
+ WHERE o.org_id = s.org_id AND o.stripe_subscription_id = s.subscription_id;
+UPDATE @extschema@.stripe_subscriptions s
+   SET live = false, tier_id = NULL
+  FROM @extschema@.stripe_events e
+ WHERE e.event_id = s.last_event_id AND e.type = 'customer.subscription.deleted';
+
+-- Which org each Stripe customer is linked to: the latest to claim it.
+CREATE TABLE @extschema@.stripe_customers (
+	customer_id	text PRIMARY KEY,
+	org_id		text NOT NULL,
+	linked_by	text NOT NULL CHECK (linked_by IN ('event', 'checkout', 'hand')),
+	event_id	text,
+	linked_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX stripe_customers_org ON @extschema@.stripe_customers (org_id);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.stripe_customers', '');
+REVOKE ALL ON @extschema@.stripe_customers FROM PUBLIC;
+COMMENT ON TABLE @extschema@.stripe_customers IS 'The org each Stripe customer is linked to (the latest claim: an event whose metadata names the org, a Checkout, or link_stripe_customer): used for a subscription that belongs to no org yet.';
+
+-- 0.1.0 kept a customer's org as orgs.stripe_customer_id.
+INSERT INTO @extschema@.stripe_customers (customer_id, org_id, linked_by, linked_at)
+SELECT DISTINCT ON (o.stripe_customer_id) o.stripe_customer_id, o.org_id, 'event', o.updated_at
+  FROM @extschema@.orgs o
+ WHERE o.stripe_customer_id IS NOT NULL
+ ORDER BY o.stripe_customer_id, o.updated_at DESC, o.org_id;
+
+-- An unmapped event keeps its payload, to be re-applied.
+ALTER TABLE @extschema@.stripe_events ADD COLUMN payload jsonb;
+COMMENT ON TABLE @extschema@.stripe_events IS 'Every Stripe event received (id, type, created, org, outcome, received time, and the payload of an unmapped one), and a row per link or re-application made by tiermeter (type tiermeter.*): the idempotency key and the audit trail.';
+
+-- A stripe_unmapped event with no org known has org_id NULL (0.1.0 wrote '').
+ALTER TABLE @extschema@.limit_events ALTER COLUMN org_id DROP NOT NULL;
+UPDATE @extschema@.limit_events SET org_id = NULL WHERE kind = 'stripe_unmapped' AND org_id = '';
+
+-- Events, Checkouts and links of one customer or subscription run one at a
+-- time: the customer first, then the subscription.
+CREATE FUNCTION @extschema@._stripe_lock(customer_id text, subscription_id text) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF customer_id IS NOT NULL THEN
+		PERFORM pg_advisory_xact_lock(hashtext('tiermeter.stripe'), hashtext('customer ' || customer_id));
+	END IF;
+	IF subscription_id IS NOT NULL THEN
+		PERFORM pg_advisory_xact_lock(hashtext('tiermeter.stripe'), hashtext('subscription ' || subscription_id));
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_lock(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_lock(text, text) IS 'Internal: serializes the Stripe events, Checkouts and links of one customer and one subscription (transaction advisory locks).';
+
+-- An org's state from its subscriptions: the highest-ranked tier among the
+-- live ones (ties: the most recently created subscription), with that
+-- subscription's period, anchor and ids; none live: the default tier, and
+-- the period, anchor and ids of the subscription just changed if it is the
+-- org's current one (or the org has none), else those the org had (less
+-- the id of a subscription that has moved to another org).  A monthly
+-- price gives Stripe's period exactly; another interval gives the month
+-- that contains now() from the anchor; an unknown interval gives Stripe's
+-- period when it is at most a month long, else that month.
+-- Writes tier_changed (with cause) when the tier changes.
+CREATE FUNCTION @extschema@._stripe_recompute(org_id text, subscription_id text, cause jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	o			@extschema@.orgs;
+	s			@extschema@.stripe_subscriptions;
+	v_tier		text;
+	v_chosen	text;
+	v_anchor	timestamptz;
+	v_ps		timestamptz;
+	v_pe		timestamptz;
+	v_customer	text;
+	v_sub		text;
+BEGIN
+	SELECT * INTO o FROM @extschema@.orgs x WHERE x.org_id = _stripe_recompute.org_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT x.* INTO s
+	  FROM @extschema@.stripe_subscriptions x
+	  JOIN @extschema@.tiers t ON t.tier_id = x.tier_id
+	 WHERE x.org_id = o.org_id AND x.live
+	 ORDER BY t.rank DESC, x.subscription_created DESC NULLS LAST, x.subscription_id DESC
+	 LIMIT 1;
+	IF FOUND THEN
+		v_tier := s.tier_id;
+		v_chosen := s.subscription_id;
+	ELSE
+		SELECT t.tier_id INTO v_tier FROM @extschema@.tiers t WHERE t.is_default;
+		SELECT x.* INTO s
+		  FROM @extschema@.stripe_subscriptions x
+		 WHERE x.subscription_id = _stripe_recompute.subscription_id AND x.org_id = o.org_id
+		   AND (o.stripe_subscription_id IS NULL OR o.stripe_subscription_id = x.subscription_id);
+	END IF;
+
+	v_anchor := o.billing_anchor;
+	v_ps := o.period_start;
+	v_pe := o.period_end;
+	IF s.subscription_id IS NOT NULL THEN
+		v_anchor := coalesce(s.billing_cycle_anchor, s.period_start, o.billing_anchor);
+		IF s.period_start IS NOT NULL
+		   AND ((s.billing_interval = 'month' AND s.billing_interval_count = 1)
+				OR (s.billing_interval IS NULL
+					AND s.period_end <= (@extschema@.period_bounds(s.period_start, s.period_start)).period_end)) THEN
+			v_ps := s.period_start;
+			v_pe := s.period_end;
+		ELSIF s.billing_cycle_anchor IS NOT NULL OR s.period_start IS NOT NULL THEN
+			SELECT p.period_start, p.period_end INTO v_ps, v_pe
+			  FROM @extschema@.period_bounds(v_anchor, now()) p;
+		END IF;
+	END IF;
+	v_customer := coalesce(s.customer_id, o.stripe_customer_id);
+	v_sub := coalesce(s.subscription_id, o.stripe_subscription_id);
+	IF s.subscription_id IS NULL AND EXISTS (
+			SELECT 1 FROM @extschema@.stripe_subscriptions x
+			 WHERE x.subscription_id = o.stripe_subscription_id AND x.org_id <> o.org_id) THEN
+		v_sub := NULL;			-- the org's subscription moved to another org
+	END IF;
+
+	IF (o.tier_id, o.billing_anchor, o.period_start, o.period_end, o.stripe_customer_id, o.stripe_subscription_id)
+	   IS DISTINCT FROM (v_tier, v_anchor, v_ps, v_pe, v_customer, v_sub) THEN
+		UPDATE @extschema@.orgs x
+		   SET tier_id = v_tier, billing_anchor = v_anchor, period_start = v_ps, period_end = v_pe,
+			   stripe_customer_id = v_customer, stripe_subscription_id = v_sub, updated_at = now()
+		 WHERE x.org_id = o.org_id;
+	END IF;
+	IF o.tier_id IS DISTINCT FROM v_tier THEN
+		INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+		VALUES (o.org_id, 'tier_changed',
+				jsonb_build_object('from', o.tier_id, 'to', v_tier, 'subscription', v_chosen)
+				|| coalesce(cause, '{}'));
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_recompute(text, text, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_recompute(text, text, jsonb) IS 'Internal: sets an org''s tier, period, anchor and Stripe ids from its live subscriptions (the highest-ranked tier, then the newest); writes tier_changed when the tier changes.';
+
+-- Links a customer and/or a subscription to an org (creating the org):
+-- the customer's link moves to it (the latest claim wins); a subscription
+-- with no row gets one with no state yet, one of another org moves to it
+-- (both orgs are recomputed).  Returns whether anything changed.
+CREATE FUNCTION @extschema@._stripe_link(org_id text, customer_id text, subscription_id text,
+	linked_by text, event_id text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_changed	boolean := false;
+	v_old		text;
+	v_found		boolean;
+	v_org		text;
+BEGIN
+	IF linked_by IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: linked_by must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF linked_by NOT IN ('event', 'checkout', 'hand') THEN
+		RAISE EXCEPTION 'tiermeter: linked_by must be event, checkout or hand' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM @extschema@._ensure_org(org_id);
+	IF customer_id IS NOT NULL THEN
+		INSERT INTO @extschema@.stripe_customers AS c (customer_id, org_id, linked_by, event_id)
+		VALUES (_stripe_link.customer_id, _stripe_link.org_id, _stripe_link.linked_by, _stripe_link.event_id)
+		ON CONFLICT ON CONSTRAINT stripe_customers_pkey DO UPDATE
+		   SET org_id = EXCLUDED.org_id, linked_by = EXCLUDED.linked_by, event_id = EXCLUDED.event_id,
+			   linked_at = now()
+		 WHERE c.org_id <> EXCLUDED.org_id;
+		v_changed := FOUND;
+		UPDATE @extschema@.orgs o SET stripe_customer_id = _stripe_link.customer_id, updated_at = now()
+		 WHERE o.org_id = _stripe_link.org_id AND o.stripe_customer_id IS NULL;
+	END IF;
+	IF subscription_id IS NOT NULL THEN
+		SELECT s.org_id, true INTO v_old, v_found
+		  FROM @extschema@.stripe_subscriptions s WHERE s.subscription_id = _stripe_link.subscription_id;
+		IF v_found IS NULL THEN
+			INSERT INTO @extschema@.stripe_subscriptions (subscription_id, org_id, last_created, customer_id)
+			VALUES (_stripe_link.subscription_id, _stripe_link.org_id, '-infinity', _stripe_link.customer_id);
+			v_changed := true;
+		ELSIF v_old IS DISTINCT FROM _stripe_link.org_id THEN
+			UPDATE @extschema@.stripe_subscriptions s SET org_id = _stripe_link.org_id
+			 WHERE s.subscription_id = _stripe_link.subscription_id;
+			v_changed := true;
+			-- both orgs, in a fixed order
+			FOR v_org IN SELECT x FROM unnest(ARRAY[v_old, _stripe_link.org_id]) AS x WHERE x IS NOT NULL ORDER BY x LOOP
+				PERFORM @extschema@._stripe_recompute(v_org, _stripe_link.subscription_id,
+					jsonb_build_object('source', CASE _stripe_link.linked_by WHEN 'checkout' THEN 'stripe'
+																			ELSE 'link_stripe_subscription' END,
+									   'event_id', _stripe_link.event_id));
+			END LOOP;
+		END IF;
+	END IF;
+	RETURN v_changed;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_link(text, text, text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_link(text, text, text, text, text) IS 'Internal: links a Stripe customer and/or subscription to an org (a subscription of another org moves, and both orgs are recomputed); returns whether anything changed.';
+
+-- Applies one event: apply_subscription_event (replay_by NULL: the event is
+-- claimed by its id, and a replay is a duplicate), or the re-application of
+-- a stored unmapped event (replay_by says who re-applies it: the row must
+-- still be unmapped, else nothing is done and the answer is 'duplicate').
+CREATE FUNCTION @extschema@._stripe_event(event jsonb, replay_by text) RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	v_id		text;
 	v_type		text;
@@ -373,19 +616,30 @@ DECLARE
 	v_obj		jsonb;
 	v_meta		jsonb;
 	v_item		jsonb;
+	v_rec		jsonb;
+	v_interval	text;
+	v_count		integer;
 	v_sub		text;
 	v_customer	text;
 	v_org		text;
+	v_by_meta	boolean;
 	v_status	text;
+	v_live		boolean;
 	v_tier		text;
-	v_old_tier	text;
 	v_ps		timestamptz;
 	v_pe		timestamptz;
 	v_anchor	timestamptz;
-	v_last		timestamptz;
+	v_born		timestamptz;
+	v_srow		@extschema@.stripe_subscriptions;
+	v_last_type	text;
+	v_last_at	timestamptz;
+	v_received	timestamptz;
+	v_prev		text;
 	v_outcome	text;
 	v_why		text;
 	v_key		text;
+	v_x			text;
+	v_handled	boolean;
 BEGIN
 	-- malformed input is an error, and changes nothing
 	IF event IS NULL THEN
@@ -441,6 +695,27 @@ BEGIN
 		v_pe := NULL;
 	END IF;
 	v_anchor := @extschema@._stripe_ts(v_obj->'billing_cycle_anchor', 'billing_cycle_anchor');
+	-- the billing interval: the first item's price.recurring, else its plan,
+	-- else the subscription's plan (older API versions)
+	v_rec := CASE
+		WHEN jsonb_typeof(v_item->'price'->'recurring') = 'object' THEN v_item->'price'->'recurring'
+		WHEN jsonb_typeof(v_item->'plan') = 'object' THEN v_item->'plan'
+		WHEN jsonb_typeof(v_obj->'plan') = 'object' THEN v_obj->'plan' END;
+	IF jsonb_typeof(v_rec->'interval') = 'string' THEN
+		v_interval := v_rec->>'interval';
+		IF jsonb_typeof(v_rec->'interval_count') = 'number'
+		   AND (v_rec->>'interval_count')::numeric BETWEEN 1 AND 2147483647
+		   AND (v_rec->>'interval_count')::numeric = trunc((v_rec->>'interval_count')::numeric) THEN
+			v_count := (v_rec->>'interval_count')::integer;
+		ELSIF coalesce(jsonb_typeof(v_rec->'interval_count'), 'null') = 'null' THEN
+			v_count := 1;
+		ELSE
+			PERFORM @extschema@._stripe_malformed(format('the billing interval_count %s is not a positive integer',
+														 v_rec->'interval_count'));
+		END IF;
+	ELSIF coalesce(jsonb_typeof(v_rec->'interval'), 'null') <> 'null' THEN
+		PERFORM @extschema@._stripe_malformed('the billing interval must be a string');
+	END IF;
 	-- the metadata that names an org or a tier holds strings
 	IF jsonb_typeof(v_obj->'metadata') = 'object' THEN
 		FOREACH v_key IN ARRAY ARRAY['organizationId', 'org_id', 'tier'] LOOP
@@ -449,51 +724,109 @@ BEGIN
 			END IF;
 		END LOOP;
 	END IF;
-
-	-- idempotent by event id, forever: claim it (a concurrent twin waits here)
-	INSERT INTO @extschema@.stripe_events (event_id, type, created)
-	VALUES (v_id, v_type, v_created)
-	ON CONFLICT (event_id) DO NOTHING;
-	IF NOT FOUND THEN
-		RETURN 'duplicate';
-	END IF;
-
-	v_sub := CASE WHEN v_obj->>'object' = 'subscription' THEN v_obj->>'id' END;
+	v_meta := CASE WHEN jsonb_typeof(v_obj->'metadata') = 'object' THEN v_obj->'metadata' ELSE '{}' END;
 	v_customer := CASE jsonb_typeof(v_obj->'customer')
 		WHEN 'string' THEN v_obj->>'customer'
 		WHEN 'object' THEN v_obj->'customer'->>'id' END;
-	v_meta := CASE WHEN jsonb_typeof(v_obj->'metadata') = 'object' THEN v_obj->'metadata' ELSE '{}' END;
+	IF v_type = 'checkout.session.completed' THEN
+		v_sub := CASE jsonb_typeof(v_obj->'subscription')
+			WHEN 'string' THEN v_obj->>'subscription'
+			WHEN 'object' THEN v_obj->'subscription'->>'id' END;
+	ELSE
+		v_sub := CASE WHEN v_obj->>'object' = 'subscription' THEN v_obj->>'id' END;
+	END IF;
 	IF length(v_sub) > 255 OR length(v_customer) > 255 THEN
 		PERFORM @extschema@._stripe_malformed('a subscription or customer id is longer than 255 characters');
+	END IF;
+	v_handled := v_type IN ('customer.subscription.created', 'customer.subscription.updated',
+							'customer.subscription.deleted', 'customer.subscription.paused',
+							'customer.subscription.resumed', 'checkout.session.completed');
+
+	IF replay_by IS NULL THEN
+		-- idempotent by event id, forever: claim it (a concurrent twin waits here)
+		INSERT INTO @extschema@.stripe_events (event_id, type, created)
+		VALUES (v_id, v_type, v_created)
+		ON CONFLICT (event_id) DO NOTHING;
+		IF NOT FOUND THEN
+			RETURN 'duplicate';
+		END IF;
+		v_received := now();
+	END IF;
+
+	-- what only the events applied need
+	IF v_type LIKE 'customer.subscription.%' AND v_handled
+	   AND (v_obj->>'object' IS DISTINCT FROM 'subscription' OR jsonb_typeof(v_obj->'id') IS DISTINCT FROM 'string'
+			OR v_obj->>'id' = '') THEN
+		PERFORM @extschema@._stripe_malformed('data.object is not a Subscription with an id');
+	END IF;
+	IF v_type = 'checkout.session.completed'
+	   AND coalesce(jsonb_typeof(v_obj->'client_reference_id'), 'null') NOT IN ('string', 'null') THEN
+		PERFORM @extschema@._stripe_malformed('client_reference_id must be a string');
+	END IF;
+	IF v_handled THEN
+		v_born := @extschema@._stripe_ts(v_obj->'created', 'data.object.created');
+		-- one at a time per customer and subscription
+		PERFORM @extschema@._stripe_lock(v_customer, v_sub);
+	END IF;
+
+	IF replay_by IS NOT NULL THEN
+		SELECT e.outcome, e.received_at INTO v_prev, v_received
+		  FROM @extschema@.stripe_events e WHERE e.event_id = v_id FOR UPDATE;
+		IF v_prev IS DISTINCT FROM 'unmapped' THEN
+			RETURN 'duplicate';			-- gone, or re-applied already
+		END IF;
 	END IF;
 	v_status := v_obj->>'status';
 
 	<<decide>>
 	BEGIN
-		IF v_type NOT IN ('customer.subscription.created', 'customer.subscription.updated',
-						  'customer.subscription.deleted', 'customer.subscription.paused',
-						  'customer.subscription.resumed') THEN
+		IF NOT v_handled THEN
 			v_outcome := 'ignored';
 			EXIT decide;
 		END IF;
 
-		-- the org: metadata, else the org that holds this customer
-		v_org := coalesce(nullif(v_meta->>'organizationId', ''), nullif(v_meta->>'org_id', ''));
-		IF v_org IS NULL AND v_customer IS NOT NULL THEN
-			SELECT o.org_id INTO v_org FROM @extschema@.orgs o
-			 WHERE o.stripe_customer_id = v_customer;
-		END IF;
-		IF v_org IS NULL THEN
-			v_outcome := 'unmapped';
-			v_why := 'no organizationId or org_id in metadata, and no org holds the customer';
+		-- Checkout: the org in client_reference_id (or the metadata) gets the
+		-- session's customer and subscription
+		IF v_type = 'checkout.session.completed' THEN
+			v_org := coalesce(nullif(v_obj->>'client_reference_id', ''), nullif(v_meta->>'organizationId', ''),
+							  nullif(v_meta->>'org_id', ''));
+			IF v_org IS NULL OR (v_customer IS NULL AND v_sub IS NULL) THEN
+				v_outcome := 'ignored';
+				EXIT decide;
+			END IF;
+			PERFORM @extschema@._stripe_link(v_org, v_customer, v_sub, 'checkout', v_id);
+			v_outcome := 'applied';
 			EXIT decide;
 		END IF;
 
-		-- the tier, from the status
+		-- the org: metadata, else the org the subscription belongs to, else
+		-- the org its customer is linked to
+		v_org := coalesce(nullif(v_meta->>'organizationId', ''), nullif(v_meta->>'org_id', ''));
+		v_by_meta := v_org IS NOT NULL;
+		SELECT s.* INTO v_srow FROM @extschema@.stripe_subscriptions s WHERE s.subscription_id = v_sub;
+		v_org := coalesce(v_org, v_srow.org_id);
+		IF v_org IS NULL AND v_customer IS NOT NULL THEN
+			SELECT c.org_id INTO v_org FROM @extschema@.stripe_customers c WHERE c.customer_id = v_customer;
+		END IF;
+
+		-- the status: incomplete (or a status we do not know) changes nothing yet
 		IF v_type = 'customer.subscription.deleted'
 		   OR v_status IN ('canceled', 'unpaid', 'incomplete_expired', 'paused') THEN
-			SELECT t.tier_id INTO v_tier FROM @extschema@.tiers t WHERE t.is_default;
+			v_live := false;
 		ELSIF v_status IN ('active', 'trialing', 'past_due') THEN
+			v_live := true;
+		ELSE
+			v_outcome := 'ignored';
+			EXIT decide;
+		END IF;
+		IF v_org IS NULL THEN
+			v_outcome := 'unmapped';
+			v_why := 'no organizationId or org_id in metadata, and neither the subscription nor the customer is linked to an org';
+			EXIT decide;
+		END IF;
+
+		-- the tier of a live subscription
+		IF v_live THEN
 			SELECT p.tier_id INTO v_tier FROM @extschema@.stripe_prices p
 			 WHERE p.price_id = v_item->'price'->>'id';
 			IF v_tier IS NULL THEN
@@ -511,65 +844,213 @@ BEGIN
 								coalesce(v_item->'price'->>'lookup_key', 'none'));
 				EXIT decide;
 			END IF;
-		ELSE
-			-- incomplete (or a status we do not know): nothing changes yet
-			v_outcome := 'ignored';
-			EXIT decide;
 		END IF;
 
-		-- the order of events, per subscription
-		IF v_sub IS NOT NULL THEN
-			INSERT INTO @extschema@.stripe_subscriptions (subscription_id, org_id, last_created)
-			VALUES (v_sub, v_org, '-infinity')
-			ON CONFLICT (subscription_id) DO NOTHING;
-			SELECT s.last_created INTO v_last FROM @extschema@.stripe_subscriptions s
-			 WHERE s.subscription_id = v_sub FOR UPDATE;
-			IF v_created < v_last THEN
+		-- the order of events, per subscription: an older one is stale; of
+		-- two with the same created second, the one received later wins,
+		-- except after a deletion (Stripe never revives a subscription)
+		IF v_srow.subscription_id IS NOT NULL AND v_srow.last_event_id IS NOT NULL THEN
+			SELECT e.type, e.received_at INTO v_last_type, v_last_at
+			  FROM @extschema@.stripe_events e WHERE e.event_id = v_srow.last_event_id;
+			IF v_created < v_srow.last_created
+			   OR (v_created = v_srow.last_created
+				   AND (v_last_type = 'customer.subscription.deleted' OR v_received < v_last_at)) THEN
 				v_outcome := 'stale';
 				EXIT decide;
 			END IF;
-			UPDATE @extschema@.stripe_subscriptions s
-			   SET org_id = v_org, last_created = v_created, last_event_id = v_id
-			 WHERE s.subscription_id = v_sub;
 		END IF;
 
-		-- apply: usage is never touched
+		-- apply it to the subscription, then to its org (and the org it left):
+		-- usage is never touched
 		PERFORM @extschema@._ensure_org(v_org);
-		SELECT o.tier_id INTO v_old_tier FROM @extschema@.orgs o WHERE o.org_id = v_org FOR UPDATE;
+		INSERT INTO @extschema@.stripe_subscriptions AS s
+			(subscription_id, org_id, last_created, last_event_id, customer_id, status, live, tier_id,
+			 subscription_created, period_start, period_end, billing_cycle_anchor,
+			 billing_interval, billing_interval_count)
+		VALUES (v_sub, v_org, v_created, v_id, v_customer, v_status, v_live, v_tier,
+				v_born, v_ps, v_pe, v_anchor, v_interval, v_count)
+		ON CONFLICT ON CONSTRAINT stripe_subscriptions_pkey DO UPDATE
+		   SET org_id = EXCLUDED.org_id,
+			   last_created = EXCLUDED.last_created,
+			   last_event_id = EXCLUDED.last_event_id,
+			   customer_id = coalesce(EXCLUDED.customer_id, s.customer_id),
+			   status = EXCLUDED.status,
+			   live = EXCLUDED.live,
+			   tier_id = EXCLUDED.tier_id,
+			   subscription_created = coalesce(EXCLUDED.subscription_created, s.subscription_created),
+			   period_start = CASE WHEN EXCLUDED.period_start IS NULL THEN s.period_start ELSE EXCLUDED.period_start END,
+			   period_end = CASE WHEN EXCLUDED.period_start IS NULL THEN s.period_end ELSE EXCLUDED.period_end END,
+			   billing_cycle_anchor = coalesce(EXCLUDED.billing_cycle_anchor, s.billing_cycle_anchor),
+			   billing_interval = CASE WHEN EXCLUDED.billing_interval IS NULL THEN s.billing_interval
+									   ELSE EXCLUDED.billing_interval END,
+			   billing_interval_count = CASE WHEN EXCLUDED.billing_interval IS NULL THEN s.billing_interval_count
+											 ELSE EXCLUDED.billing_interval_count END;
+		-- the customer: an org named in metadata claims it (the latest claim
+		-- wins); otherwise it is linked only if no org has it yet
 		IF v_customer IS NOT NULL THEN
-			-- a customer id maps to at most one org: the latest to claim it
-			UPDATE @extschema@.orgs o SET stripe_customer_id = NULL, updated_at = now()
-			 WHERE o.stripe_customer_id = v_customer AND o.org_id <> v_org;
+			INSERT INTO @extschema@.stripe_customers AS c (customer_id, org_id, linked_by, event_id)
+			VALUES (v_customer, v_org, 'event', v_id)
+			ON CONFLICT ON CONSTRAINT stripe_customers_pkey DO UPDATE
+			   SET org_id = EXCLUDED.org_id, linked_by = EXCLUDED.linked_by, event_id = EXCLUDED.event_id,
+				   linked_at = now()
+			 WHERE v_by_meta AND c.org_id <> EXCLUDED.org_id;
 		END IF;
-		UPDATE @extschema@.orgs o
-		   SET tier_id = v_tier,
-			   stripe_customer_id = coalesce(v_customer, o.stripe_customer_id),
-			   stripe_subscription_id = coalesce(v_sub, o.stripe_subscription_id),
-			   billing_anchor = coalesce(v_anchor, o.billing_anchor),
-			   period_start = coalesce(v_ps, o.period_start),
-			   period_end = coalesce(v_pe, o.period_end),
-			   updated_at = now()
-		 WHERE o.org_id = v_org;
-		IF v_old_tier IS DISTINCT FROM v_tier THEN
-			INSERT INTO @extschema@.limit_events (org_id, kind, payload)
-			VALUES (v_org, 'tier_changed',
-					jsonb_build_object('from', v_old_tier, 'to', v_tier, 'source', 'stripe',
-									   'event_id', v_id, 'status', v_status));
-		END IF;
+		FOR v_x IN SELECT x FROM unnest(ARRAY[v_org, CASE WHEN v_srow.org_id <> v_org THEN v_srow.org_id END]) AS x
+					WHERE x IS NOT NULL ORDER BY x LOOP
+			PERFORM @extschema@._stripe_recompute(v_x, v_sub,
+				jsonb_build_object('source', 'stripe', 'event_id', v_id, 'status', v_status));
+		END LOOP;
 		v_outcome := 'applied';
 	END;
 
-	IF v_outcome = 'unmapped' THEN
-		INSERT INTO @extschema@.limit_events (org_id, kind, payload)
-		VALUES (coalesce(v_org, ''), 'stripe_unmapped',
-				jsonb_build_object('event_id', v_id, 'type', v_type, 'customer', v_customer,
-								   'subscription', v_sub, 'reason', v_why));
+	IF replay_by IS NULL THEN
+		IF v_outcome = 'unmapped' THEN
+			INSERT INTO @extschema@.limit_events (org_id, kind, payload)
+			VALUES (v_org, 'stripe_unmapped',
+					jsonb_build_object('event_id', v_id, 'type', v_type, 'customer', v_customer,
+									   'subscription', v_sub, 'reason', v_why));
+		END IF;
+		UPDATE @extschema@.stripe_events e
+		   SET outcome = v_outcome, org_id = v_org, subscription_id = v_sub, customer_id = v_customer,
+			   payload = CASE WHEN v_outcome = 'unmapped' THEN event END
+		 WHERE e.event_id = v_id;
+	ELSIF v_outcome <> 'unmapped' THEN
+		-- re-applied: the event's row says what it did now, and a row of its own records when and by whom
+		UPDATE @extschema@.stripe_events e
+		   SET outcome = v_outcome, org_id = v_org, subscription_id = v_sub, customer_id = v_customer
+		 WHERE e.event_id = v_id;
+		INSERT INTO @extschema@.stripe_events (event_id, type, created, org_id, subscription_id, customer_id,
+											   outcome, payload)
+		VALUES ('tiermeter_' || gen_random_uuid(), 'tiermeter.reapply', now(), v_org, v_sub, v_customer, v_outcome,
+				jsonb_build_object('event_id', v_id, 'reapplied_by', replay_by, 'role', session_user));
 	END IF;
-	UPDATE @extschema@.stripe_events e
-	   SET outcome = v_outcome, org_id = v_org, subscription_id = v_sub, customer_id = v_customer
-	 WHERE e.event_id = v_id;
+
+	-- a Checkout that linked something re-applies the stored unmapped events
+	-- of its subscription and customer, oldest first
+	IF v_type = 'checkout.session.completed' AND v_outcome = 'applied' THEN
+		PERFORM 1 FROM @extschema@._stripe_reapply(v_customer, v_sub, v_id);
+	END IF;
 	RETURN v_outcome;
 END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_event(jsonb, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_event(jsonb, text) IS 'Internal: applies one Stripe event (replay_by NULL), or re-applies a stored unmapped one (replay_by: who re-applies it).';
+
+-- Re-applies the stored unmapped events (of a customer or a subscription,
+-- or all of them when both are NULL), oldest first; returns each one's row
+-- as it is now (still unmapped ones unchanged).
+CREATE FUNCTION @extschema@._stripe_reapply(customer_id text, subscription_id text, replay_by text)
+RETURNS SETOF @extschema@.stripe_events
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	@extschema@.stripe_events;
+BEGIN
+	IF replay_by IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: replay_by must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	FOR r IN
+		SELECT e.* FROM @extschema@.stripe_events e
+		 WHERE e.outcome = 'unmapped' AND e.payload IS NOT NULL
+		   AND ((_stripe_reapply.customer_id IS NULL AND _stripe_reapply.subscription_id IS NULL)
+				OR e.customer_id = _stripe_reapply.customer_id
+				OR e.subscription_id = _stripe_reapply.subscription_id)
+		 ORDER BY e.created, e.received_at, e.event_id
+	LOOP
+		IF @extschema@._stripe_event(r.payload, replay_by) <> 'duplicate' THEN
+			RETURN QUERY SELECT e.* FROM @extschema@.stripe_events e WHERE e.event_id = r.event_id;
+		END IF;
+	END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_reapply(text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_reapply(text, text, text) IS 'Internal: re-applies the stored unmapped Stripe events of a customer or subscription (all when both are NULL), oldest first; returns their rows as they are now.';
+
+CREATE OR REPLACE FUNCTION @extschema@.apply_subscription_event(event jsonb) RETURNS text
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN @extschema@._stripe_event(event, NULL);
+END $$;
+COMMENT ON FUNCTION @extschema@.apply_subscription_event(jsonb) IS 'Applies a Stripe customer.subscription.* or checkout.session.completed event: applied, duplicate, stale, ignored or unmapped; usage is never touched.';
+
+-- The repair functions (billing level): link by hand, re-apply.
+CREATE FUNCTION @extschema@._stripe_require_id(id text, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF id IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: % must not be NULL', coalesce(what, 'the id') USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF id !~ '\S' OR length(id) > 255 THEN
+		RAISE EXCEPTION 'tiermeter: % must be a Stripe id of 1 to 255 characters', coalesce(what, 'the id')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = CASE WHEN length(id) > 255 THEN format('%s is %s characters long', what, length(id))
+								ELSE format('%s = %L', what, id) END;
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._stripe_require_id(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._stripe_require_id(text, text) IS 'Internal: errors unless a Stripe id is given, not blank and at most 255 characters.';
+
+CREATE FUNCTION @extschema@.link_stripe_customer(org_id text, customer_id text) RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_event		text := 'tiermeter_' || gen_random_uuid();
+	v_prev		text;
+	v_outcome	text;
+BEGIN
+	PERFORM @extschema@._ensure_org(org_id);
+	PERFORM @extschema@._stripe_require_id(customer_id, 'customer_id');
+	PERFORM @extschema@._stripe_lock(customer_id, NULL);
+	SELECT c.org_id INTO v_prev FROM @extschema@.stripe_customers c
+	 WHERE c.customer_id = link_stripe_customer.customer_id;
+	v_outcome := CASE WHEN @extschema@._stripe_link(org_id, customer_id, NULL, 'hand', v_event)
+					  THEN 'applied' ELSE 'ignored' END;
+	INSERT INTO @extschema@.stripe_events (event_id, type, created, org_id, customer_id, outcome, payload)
+	VALUES (v_event, 'tiermeter.link_stripe_customer', now(), link_stripe_customer.org_id,
+			link_stripe_customer.customer_id, v_outcome,
+			jsonb_build_object('previous_org_id', v_prev, 'role', session_user));
+	RETURN v_outcome;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@.link_stripe_customer(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.link_stripe_customer(text, text) IS 'Links a Stripe customer to an org by hand (its subscriptions that belong to no org map there): applied, or ignored when it already was; audited in stripe_events. Re-apply stored unmapped events with reapply_stripe_events().';
+
+CREATE FUNCTION @extschema@.link_stripe_subscription(org_id text, subscription_id text) RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_event		text := 'tiermeter_' || gen_random_uuid();
+	v_prev		text;
+	v_customer	text;
+	v_outcome	text;
+BEGIN
+	PERFORM @extschema@._ensure_org(org_id);
+	PERFORM @extschema@._stripe_require_id(subscription_id, 'subscription_id');
+	-- the subscription's customer first, as an event of it does
+	SELECT s.customer_id INTO v_customer FROM @extschema@.stripe_subscriptions s
+	 WHERE s.subscription_id = link_stripe_subscription.subscription_id;
+	PERFORM @extschema@._stripe_lock(v_customer, subscription_id);
+	SELECT s.org_id, s.customer_id INTO v_prev, v_customer FROM @extschema@.stripe_subscriptions s
+	 WHERE s.subscription_id = link_stripe_subscription.subscription_id;
+	v_outcome := CASE WHEN @extschema@._stripe_link(org_id, NULL, subscription_id, 'hand', v_event)
+					  THEN 'applied' ELSE 'ignored' END;
+	INSERT INTO @extschema@.stripe_events (event_id, type, created, org_id, subscription_id, customer_id,
+										   outcome, payload)
+	VALUES (v_event, 'tiermeter.link_stripe_subscription', now(), link_stripe_subscription.org_id,
+			link_stripe_subscription.subscription_id, v_customer, v_outcome,
+			jsonb_build_object('previous_org_id', v_prev, 'role', session_user));
+	RETURN v_outcome;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@.link_stripe_subscription(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.link_stripe_subscription(text, text) IS 'Links a Stripe subscription to an org by hand (it moves there with its state, and both orgs are recomputed): applied, or ignored when it already was; audited in stripe_events. Re-apply stored unmapped events with reapply_stripe_events().';
+
+CREATE FUNCTION @extschema@.reapply_stripe_events()
+RETURNS TABLE (event_id text, type text, created timestamptz, subscription_id text, customer_id text,
+			   org_id text, outcome text)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+	SELECT r.event_id, r.type, r.created, r.subscription_id, r.customer_id, r.org_id, r.outcome
+	  FROM @extschema@._stripe_reapply(NULL, NULL, 'reapply_stripe_events') AS r
+$$;
+REVOKE ALL ON FUNCTION @extschema@.reapply_stripe_events() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.reapply_stripe_events() IS 'Re-applies every stored unmapped Stripe event, oldest first, now that a mapping (a link, a price) may exist; returns each with its outcome now (unmapped: still, and unchanged). Each re-application is audited in stripe_events.';
 
 DROP FUNCTION @extschema@._stripe_time(jsonb);
 

@@ -1,11 +1,11 @@
 -- pgTAP: the shape of the public API (docs/reference.md) and its access rules.
 BEGIN;
-SELECT plan(31);
+SELECT plan(34);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
 	'alert_thresholds', 'orgs', 'org_quotas', 'usage_grants', 'usage_log', 'limit_events',
-	'stripe_events', 'stripe_subscriptions', '_seeds', '_access', '_deleted_seeds']);
+	'stripe_events', 'stripe_subscriptions', 'stripe_customers', '_seeds', '_access', '_deleted_seeds']);
 
 SELECT has_type('tiermeter', 'limit_status', 'limit_status exists');
 SELECT columns_are('tiermeter', 'limit_status', ARRAY['org_id', 'tier', 'feature', 'allowed',
@@ -23,6 +23,9 @@ SELECT function_returns('tiermeter', 'format_duration', ARRAY['bigint'], 'text')
 SELECT function_returns('tiermeter', 'verify_stripe_signature',
 	ARRAY['text', 'text', 'text', 'integer', 'timestamp with time zone'], 'boolean');
 SELECT function_returns('tiermeter', 'apply_subscription_event', ARRAY['jsonb'], 'text');
+SELECT function_returns('tiermeter', 'link_stripe_customer', ARRAY['text', 'text'], 'text');
+SELECT function_returns('tiermeter', 'link_stripe_subscription', ARRAY['text', 'text'], 'text');
+SELECT function_returns('tiermeter', 'reapply_stripe_events', ARRAY[]::text[], 'setof record');
 SELECT function_returns('tiermeter', 'usage_stats', ARRAY['text'], 'jsonb');
 SELECT function_returns('tiermeter', 'rollover', ARRAY['timestamp with time zone'], 'bigint');
 SELECT function_returns('tiermeter', 'schedule_rollover', ARRAY['text'], 'bigint');

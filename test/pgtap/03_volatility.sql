@@ -16,6 +16,7 @@ INSERT INTO marked VALUES
 	('verify_stripe_signature(text,text,text,integer,timestamp with time zone)', 'i', 's'),
 	('_require_amount(bigint,text,boolean)', 'i', 's'),
 	('_stripe_ts(jsonb,text)', 'i', 's'),
+	('_stripe_require_id(text,text)', 'i', 's'),
 	('_access_privileges(text)', 'i', 's'),
 	-- catalog reads: the access level checks
 	('_access_held(regrole,text)', 's', 's'),
@@ -35,6 +36,14 @@ INSERT INTO marked VALUES
 	('_ensure_org(text)', 'v', 'u'),
 	('_invalidate_database()', 'v', 'u'),
 	('_stripe_malformed(text)', 'v', 'u'),
+	('link_stripe_customer(text,text)', 'v', 'u'),
+	('link_stripe_subscription(text,text)', 'v', 'u'),
+	('reapply_stripe_events()', 'v', 'u'),
+	('_stripe_event(jsonb,text)', 'v', 'u'),
+	('_stripe_link(text,text,text,text,text)', 'v', 'u'),
+	('_stripe_lock(text,text)', 'v', 'u'),
+	('_stripe_recompute(text,text,jsonb)', 'v', 'u'),
+	('_stripe_reapply(text,text,text)', 'v', 'u'),
 	('grant_access(regrole,text)', 'v', 'u'),
 	('revoke_access(regrole,text)', 'v', 'u'),
 	-- trigger functions

@@ -16,9 +16,12 @@ SELECT c.relname, c.relkind, array_agg(a.attname::text ORDER BY a.attnum) AS col
  WHERE c.relnamespace = 'tiermeter'::regnamespace AND c.relkind IN ('r', 'S')
  GROUP BY c.relname, c.relkind;
 
+-- The one value the update changes on purpose (CHANGELOG.md, 0.2.0): a
+-- stripe_unmapped limit event with no org has org_id NULL, where 0.1.0
+-- wrote ''.  Both read as NULL here; test/upgrade/migrated.sql shows it.
 SELECT CASE relkind
-		WHEN 'r' THEN format($q$SELECT %L || ' ' || r::text FROM (SELECT (SELECT jsonb_object_agg(k, v) FROM jsonb_each(to_jsonb(t)) AS e(k, v) WHERE k = ANY (%L::text[])) AS r FROM tiermeter.%I t) s ORDER BY 1$q$,
-		                     relname, cols, relname)
+		WHEN 'r' THEN format($q$SELECT %L || ' ' || r::text FROM (SELECT (SELECT jsonb_object_agg(k, CASE WHEN %L = 'limit_events' AND k = 'org_id' AND v = '""' AND to_jsonb(t)->>'kind' = 'stripe_unmapped' THEN 'null' ELSE v END) FROM jsonb_each(to_jsonb(t)) AS e(k, v) WHERE k = ANY (%L::text[])) AS r FROM tiermeter.%I t) s ORDER BY 1$q$,
+		                     relname, relname, cols, relname)
 		ELSE format($q$SELECT %L || ' ' || last_value || ' ' || is_called FROM tiermeter.%I$q$, relname, relname) END
   FROM upgrade_check.cols ORDER BY relname
 \gexec
