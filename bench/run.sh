@@ -99,6 +99,26 @@ line 'record_usage, ONE org, 32 clients (vs INSERT)' record_hot  insert_hot '>= 
 line '  naive record, ONE org (vs INSERT)'           naive_rec_hot insert_hot '(naive ~0.11)'
 line 'consume, ONE org, 32 clients (vs INSERT)'     consume_hot  insert_hot '>= 0.50'
 line '  naive consume, ONE org (vs INSERT)'          naive_con_hot insert_hot '(reference)'
+# the biggest orgs: an org with 2M ledger rows this period, checked by 8
+# clients, alone and with a quota change every second beside them
+BIG_ROWS=${BENCH_BIG_ROWS:-2000000}
+psql -X -q -d $DB -c "SELECT tiermeter.record_usage('big', 1)" -c "INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+	SELECT 'big', 'conversation_seconds', 1, now() FROM generate_series(1, $BIG_ROWS)" \
+	-c "SELECT tiermeter.set_org_quota('big', 'conversation_seconds', NULL)" -c "VACUUM ANALYZE tiermeter.usage_log" >/dev/null
+script check_big "SELECT tiermeter.check_org_limits('big');"
+run check_big 8
+( for i in $(seq 1 "$SECS"); do
+	psql -X -q -d $DB -c "SELECT tiermeter.set_org_quota('big', 'reports', $i)" >/dev/null
+	sleep 1
+  done ) &
+changer=$!
+TPS[check_big_quiet]=${TPS[check_big]}
+P99[check_big_quiet]=${P99[check_big]}
+run check_big 8
+wait $changer
+echo
+line 'check, org with 2M rows, a quota change/s (vs none)' check_big check_big_quiet '>= 0.9, p99 < 5 ms'
+
 # many calls in one transaction, each in its own exception block or not:
 # calls per second at 10k and at 100k calls should be about the same
 psql -X -q -d $DB <<'SQL' > "$work/long.out"

@@ -184,6 +184,7 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 	if (e != NULL && !found)
 	{
 		e->valid = false;
+		e->config_stale = false;
 		e->build = -1;
 		e->epoch = 0;
 		pg_atomic_init_u32(&e->pending[0], 0);

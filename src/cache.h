@@ -50,6 +50,8 @@ typedef struct TmEntry
 {
 	TmCacheKey	key;
 	bool		valid;
+	bool		config_stale;	/* valid, but its quota, tier or thresholds
+								 * changed: re-read them, keep used */
 	int16		build;			/* build slot while being built, else -1 */
 	uint32		epoch;			/* bumped by each build after its snapshot */
 	pg_atomic_uint32 pending[2];	/* transactions between PRE_COMMIT and
@@ -144,7 +146,7 @@ tm_touch(TmEntry *e, TimestampTz now)
 static inline bool
 tm_entry_current(const TmEntry *e, TimestampTz now)
 {
-	return e->valid && e->period_start <= now && now < e->period_end;
+	return e->valid && !e->config_stale && e->period_start <= now && now < e->period_end;
 }
 
 extern TmEntry *tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock);
@@ -160,6 +162,7 @@ extern void tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved);
 
 /* cache_inval.c */
 extern bool tm_inval_all;
+extern bool tm_inval_all_usage;
 extern HTAB *tm_inval_orgs;
 
 extern void tm_apply_invalidations(void);

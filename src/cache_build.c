@@ -131,6 +131,76 @@ tm_wait_registrations(TmEntry *e, LWLock *lock)
 	}
 }
 
+/* An entry's config: all but its period, kind and usage.  Lock held. */
+static void
+tm_entry_set_config(TmEntry *e, const TmOrgFeature *of, int64 granted)
+{
+	e->granted = granted;
+	e->base_quota = of->base_quota;
+	e->anchor = of->anchor;
+	e->stored_start = of->stored.start;
+	e->stored_end = of->stored.end;
+	e->org_exists = of->org_exists;
+	e->unlimited = of->unlimited;
+	e->has_warning = of->has_warning;
+	e->warning_percent = of->warning_percent;
+	strlcpy(e->tier_id, of->tier_id, TM_KEY_LEN);
+}
+
+/*
+ * An entry whose quota, tier or thresholds changed (config_stale) and whose
+ * usage did not: read its config again and keep its used, which the commits
+ * keep exact; no ledger sum.  Installs only if no other change committed
+ * meanwhile (the generation) and the period is the entry's; else false, and
+ * the caller rebuilds it.
+ */
+static bool
+tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
+				  const char *feature, TmOrgFeature *of, TmSums *sums,
+				  MemoryContext cxt, TimestampTz now)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmEntry    *e;
+	bool		stale;
+	uint64		gen0;
+	Snapshot	snapshot;
+	int64		granted;
+	bool		installed = false;
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	stale = e != NULL && e->valid && e->config_stale && e->build < 0 &&
+		e->period_start <= now && now < e->period_end;
+	LWLockRelease(lock);
+	if (!stale)
+		return false;
+
+	gen0 = pg_atomic_read_u64(&tm_shared->generation);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	snapshot->curcid = FirstCommandId;
+	tm_lookup(of, org_id, feature, snapshot, cxt);
+	granted = tm_grants(of, snapshot);
+	UnregisterSnapshot(snapshot);
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	if (e != NULL && e->valid && e->config_stale && e->build < 0 &&
+		pg_atomic_read_u64(&tm_shared->generation) == gen0 &&
+		e->period_start == of->period.start && e->period_end == of->period.end &&
+		e->is_gauge == of->is_gauge && strlen(of->tier_id) < TM_KEY_LEN)
+	{
+		tm_entry_set_config(e, of, granted);
+		e->config_stale = false;
+		tm_entry_copy(e, of, sums, org_id, feature, cxt);
+		tm_touch(e, now);
+		installed = true;
+	}
+	LWLockRelease(lock);
+	if (installed)
+		tm_add_own(key, of, sums);
+	return installed;
+}
+
 /*
  * Answers key from the tables (inside SPI), and installs the answer in the
  * cache when it can.  Fills of and sums (with this transaction's own
@@ -151,6 +221,9 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 		before_shmem_exit(tm_build_abandon_on_exit, (Datum) 0);
 		exit_hook = true;
 	}
+
+	if (tm_refresh_config(key, hash, org_id, feature, of, sums, cxt, now))
+		return true;
 
 	/* open a build on the entry, unless someone else is building it */
 	e = tm_enter_locked(key, hash, lock);
@@ -211,24 +284,16 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 					(of->is_gauge || b->late[i].ps == of->period.start))
 					sums->used = tm_add_sat(sums->used, b->late[i].amount);
 			TM_SET(e->used, sums->used);
-			e->granted = sums->granted;
-			e->base_quota = of->base_quota;
 			e->period_start = of->period.start;
 			e->period_end = of->period.end;
-			e->anchor = of->anchor;
-			e->stored_start = of->stored.start;
-			e->stored_end = of->stored.end;
-			e->org_exists = of->org_exists;
 			e->is_gauge = of->is_gauge;
-			e->unlimited = of->unlimited;
-			e->has_warning = of->has_warning;
-			e->warning_percent = of->warning_percent;
-			strlcpy(e->tier_id, of->tier_id, TM_KEY_LEN);
+			tm_entry_set_config(e, of, sums->granted);
 			installed = clean && !b->spoiled &&
 				strlen(of->tier_id) < TM_KEY_LEN &&
 				pg_atomic_read_u64(&tm_shared->generation) == gen0 &&
 				pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 			e->valid = installed;
+			e->config_stale = false;
 			tm_touch(e, now);
 			tm_build_close_locked();
 			LWLockRelease(lock);

@@ -4,6 +4,13 @@
  *		it (tm_apply_invalidations, called from tm_end_xact in cache_local.c).
  *		Until then this transaction answers for those orgs from the tables
  *		(tm_cache_bypass).
+ *
+ * Two kinds.  A change that may change an entry's usage or period (the
+ * ledger, a feature, an org's anchor or stored period, an org inserted or
+ * deleted) makes the entry invalid: it is rebuilt from the ledger.  A change
+ * of quotas, tiers, thresholds, grants or an org's tier only marks it
+ * config_stale: its quota, tier and thresholds are read again and its used,
+ * which commits keep exact, is kept (no ledger sum, however big the org).
  */
 #include "cache.h"
 
@@ -16,8 +23,15 @@ TM_FUNCTION(tiermeter_invalidate_trigger);
 TM_FUNCTION(tiermeter_invalidate_database);
 TM_FUNCTION(tiermeter_invalidate_insert_trigger);
 
-bool		tm_inval_all = false;
-HTAB	   *tm_inval_orgs = NULL;	/* org ids, in TopTransactionContext */
+bool		tm_inval_all = false;		/* every org's config */
+bool		tm_inval_all_usage = false;	/* every org's usage too */
+HTAB	   *tm_inval_orgs = NULL;	/* TmInvalOrg, in TopTransactionContext */
+
+typedef struct TmInvalOrg
+{
+	char		org_id[TM_KEY_LEN];
+	bool		usage;			/* its usage or period may have changed */
+} TmInvalOrg;
 
 /* Did this transaction change the config of this org (or all)? */
 bool
@@ -37,9 +51,11 @@ tm_cache_bypass(const char *org_id)
 }
 
 static void
-tm_inval_org(const char *org_id)
+tm_inval_org(const char *org_id, bool usage)
 {
 	char		buf[TM_KEY_LEN];
+	TmInvalOrg *o;
+	bool		found;
 
 	if (strlen(org_id) >= TM_KEY_LEN)
 		return;					/* never cached */
@@ -48,18 +64,21 @@ tm_inval_org(const char *org_id)
 		HASHCTL		info;
 
 		info.keysize = TM_KEY_LEN;
-		info.entrysize = TM_KEY_LEN;
+		info.entrysize = sizeof(TmInvalOrg);
 		info.hcxt = TopTransactionContext;
 		tm_inval_orgs = hash_create("tiermeter invalidations", 16, &info,
 									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	memset(buf, 0, sizeof(buf));
 	strlcpy(buf, org_id, sizeof(buf));
-	(void) hash_search(tm_inval_orgs, buf, HASH_ENTER, NULL);
+	o = hash_search(tm_inval_orgs, buf, HASH_ENTER, &found);
+	if (!found)
+		o->usage = false;
+	o->usage |= usage;
 }
 
 static void
-tm_inval_tuple_org(TriggerData *td, HeapTuple tuple)
+tm_inval_tuple_org(TriggerData *td, HeapTuple tuple, bool usage)
 {
 	int			attno = SPI_fnumber(td->tg_relation->rd_att, "org_id");
 	char	   *org;
@@ -67,11 +86,47 @@ tm_inval_tuple_org(TriggerData *td, HeapTuple tuple)
 	if (attno <= 0 || tuple == NULL)
 	{
 		tm_inval_all = true;
+		tm_inval_all_usage = true;
 		return;
 	}
 	org = SPI_getvalue(tuple, td->tg_relation->rd_att, attno);
 	if (org != NULL)
-		tm_inval_org(org);
+		tm_inval_org(org, usage);
+}
+
+/* Does a change to this table change quotas, tiers or thresholds only? */
+static bool
+tm_config_only_table(Relation rel)
+{
+	const char *name = RelationGetRelationName(rel);
+
+	return strcmp(name, "tiers") == 0 || strcmp(name, "tier_quotas") == 0 ||
+		strcmp(name, "alert_thresholds") == 0 || strcmp(name, "org_quotas") == 0 ||
+		strcmp(name, "usage_grants") == 0;
+}
+
+/* An update of orgs that keeps the anchor and stored period changes the tier only. */
+static bool
+tm_org_period_changed(TriggerData *td)
+{
+	TupleDesc	desc = td->tg_relation->rd_att;
+	const char *cols[] = {"org_id", "billing_anchor", "period_start", "period_end"};
+	int			i;
+
+	for (i = 0; i < lengthof(cols); i++)
+	{
+		int			attno = SPI_fnumber(desc, cols[i]);
+		char	   *a;
+		char	   *b;
+
+		if (attno <= 0)
+			return true;
+		a = SPI_getvalue(td->tg_trigtuple, desc, attno);
+		b = SPI_getvalue(td->tg_newtuple, desc, attno);
+		if (a == NULL || b == NULL || strcmp(a, b) != 0)
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -88,15 +143,24 @@ tiermeter_invalidate_trigger(PG_FUNCTION_ARGS)
 
 	if (TRIGGER_FIRED_FOR_ROW(td->tg_event))
 	{
+		bool		usage = !tm_config_only_table(td->tg_relation);
+
+		if (usage && TRIGGER_FIRED_BY_UPDATE(td->tg_event) &&
+			strcmp(RelationGetRelationName(td->tg_relation), "orgs") == 0)
+			usage = tm_org_period_changed(td);
 		if (!TRIGGER_FIRED_BY_INSERT(td->tg_event))
-			tm_inval_tuple_org(td, td->tg_trigtuple);
+			tm_inval_tuple_org(td, td->tg_trigtuple, usage);
 		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
-			tm_inval_tuple_org(td, td->tg_newtuple);
+			tm_inval_tuple_org(td, td->tg_newtuple, usage);
 		if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
-			tm_inval_tuple_org(td, td->tg_trigtuple);
+			tm_inval_tuple_org(td, td->tg_trigtuple, usage);
 	}
 	else
+	{
 		tm_inval_all = true;
+		if (!tm_config_only_table(td->tg_relation))
+			tm_inval_all_usage = true;
+	}
 	return PointerGetDatum(NULL);
 }
 
@@ -116,7 +180,7 @@ tiermeter_invalidate_insert_trigger(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		elog(ERROR, "tiermeter: not called as a BEFORE INSERT FOR EACH ROW trigger");
 	if (!tm_own_write)
-		tm_inval_tuple_org(td, td->tg_trigtuple);
+		tm_inval_tuple_org(td, td->tg_trigtuple, true);
 	return PointerGetDatum(td->tg_trigtuple);
 }
 
@@ -125,6 +189,7 @@ Datum
 tiermeter_invalidate_database(PG_FUNCTION_ARGS)
 {
 	tm_inval_all = true;
+	tm_inval_all_usage = true;
 	PG_RETURN_VOID();
 }
 
@@ -141,15 +206,20 @@ tm_apply_invalidations(void)
 	hash_seq_init(&seq, tm_htab);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
+		TmInvalOrg *o = NULL;
+
 		if (e->key.dbid != MyDatabaseId)
 			continue;
-		if (tm_inval_all ||
-			hash_search(tm_inval_orgs, e->key.org_id, HASH_FIND, NULL) != NULL)
-		{
+		if (tm_inval_orgs != NULL)
+			o = hash_search(tm_inval_orgs, e->key.org_id, HASH_FIND, NULL);
+		if (!tm_inval_all && o == NULL)
+			continue;
+		if (tm_inval_all_usage || (o != NULL && o->usage))
 			e->valid = false;
-			if (e->build >= 0)
-				tm_shared->builds[e->build].spoiled = true;
-		}
+		else
+			e->config_stale = true;
+		if (e->build >= 0)
+			tm_shared->builds[e->build].spoiled = true;
 	}
 	for (i = TM_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&tm_shared->locks[i].lock);

@@ -249,6 +249,7 @@ tm_local_reset(void)
 	tm_segs = NULL;
 	tm_nsegs = tm_maxsegs = 0;
 	tm_inval_all = false;
+	tm_inval_all_usage = false;
 	tm_inval_orgs = NULL;
 }
 

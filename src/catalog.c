@@ -90,6 +90,13 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		" ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
 		6, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID}
 	},
+	[TM_PLAN_GRANTS] = {
+		"SELECT LEAST(COALESCE(pg_catalog.sum(g.amount), 0), 9223372036854775807)::pg_catalog.int8"
+		"  FROM tiermeter.usage_grants g"
+		" WHERE g.org_id" EQ "$1 AND g.feature" EQ "$2"
+		"   AND g.granted_at" GE "$3 AND g.granted_at" LT "$4",
+		4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
 	[TM_PLAN_KEY_EXISTS] = {
 		"SELECT u.feature, u.amount FROM tiermeter.usage_log u"
 		" WHERE u.org_id" EQ "$1 AND u.idempotency_key" EQ "$2",
@@ -386,6 +393,24 @@ tm_ensure_org(TmOrgFeature *of)
 		elog(ERROR, "tiermeter: creating org failed");
 	of->org_exists = true;
 	return SPI_processed > 0;
+}
+
+/* The grants of the current period alone (a config refresh keeps used). */
+int64
+tm_grants(const TmOrgFeature *of, Snapshot snapshot)
+{
+	Datum		values[4];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(of->org_id);
+	values[1] = CStringGetTextDatum(of->feature);
+	values[2] = TimestampTzGetDatum(of->period.start);
+	values[3] = TimestampTzGetDatum(of->period.end);
+	if (SPI_execute_snapshot(tm_plan(TM_PLAN_GRANTS), values, NULL,
+							 snapshot, InvalidSnapshot, true, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "tiermeter: grant sum failed");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /* Runs one of the functions' own INSERTs (see tm_own_write). */

@@ -98,6 +98,7 @@ typedef enum TmPlanId
 	TM_PLAN_INSERT_USAGE,
 	TM_PLAN_INSERT_USAGE_KEYED,
 	TM_PLAN_KEY_EXISTS,
+	TM_PLAN_GRANTS,
 	TM_NUM_PLANS
 } TmPlanId;
 
@@ -147,6 +148,7 @@ extern void tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 extern bool tm_ensure_org(TmOrgFeature *of);
 extern Snapshot tm_latest_snapshot(void);
 extern TmSums tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only);
+extern int64 tm_grants(const TmOrgFeature *of, Snapshot snapshot);
 
 /* status.c */
 typedef enum TmReason
