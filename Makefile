@@ -81,6 +81,7 @@ print-regress:
 .PHONY: bench
 bench: setup
 	@$(MAKE) --no-print-directory all install >/dev/null
+	@$(MAKE) --no-print-directory -C bench install >/dev/null
 	@bench/run.sh
 
 # the current version's install script (DATA_built), after PGXS so that

@@ -56,5 +56,15 @@ BEGIN
 	RETURN true;
 END $$;
 
+-- the floor of the writes: a durable ledger that can answer per-org sums
+-- cannot do less than a one-row INSERT into a table of the ledger's shape
+-- with its b-tree indexes (those of tiermeter.usage_log)
+CREATE TABLE naive.ledger (
+	org_id text NOT NULL, feature text NOT NULL, amount bigint NOT NULL,
+	occurred_at timestamptz NOT NULL, conversation_id text, idempotency_key text,
+	recorded_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX ON naive.ledger (org_id, feature, occurred_at) INCLUDE (amount);
+CREATE UNIQUE INDEX ON naive.ledger (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
 -- the plain one-row INSERT reference
 CREATE TABLE naive.plain_insert (org_id text, amount bigint, at timestamptz DEFAULT now());
