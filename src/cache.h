@@ -28,6 +28,10 @@
 
 #define TM_PARTITIONS	16
 
+/* a transaction that recorded for more keys than this (and than an eighth
+ * of the cache) has its orgs invalidated at commit, not its entries pinned */
+#define TM_BIG_TRANSACTION_MIN	1024
+
 #define TM_MAX_BUILDS	64		/* entries being built at once */
 #define TM_MAX_LATE		64		/* commits that one build can take in */
 
@@ -161,6 +165,7 @@ extern void tm_add_own(const TmCacheKey *key, const TmOrgFeature *of, TmSums *su
 extern void tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved);
 
 /* cache_inval.c */
+extern void tm_inval_org(const char *org_id, bool usage);
 extern bool tm_inval_all;
 extern bool tm_inval_all_usage;
 extern HTAB *tm_inval_orgs;

@@ -50,7 +50,7 @@ tm_cache_bypass(const char *org_id)
 	return false;
 }
 
-static void
+void
 tm_inval_org(const char *org_id, bool usage)
 {
 	char		buf[TM_KEY_LEN];

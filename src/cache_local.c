@@ -253,22 +253,49 @@ tm_local_reset(void)
 	tm_inval_orgs = NULL;
 }
 
-/* PRE_COMMIT: register with every entry we touched.  Never waits. */
+static inline bool
+tm_needs_registration(const TmLocal *l)
+{
+	return l->amount != 0 || l->reserved != 0 || l->created_org || l->mixed || l->stale;
+}
+
+/*
+ * PRE_COMMIT: register with every entry we touched.  Never waits.
+ *
+ * A transaction that touched more keys than a fraction of the cache does not
+ * register the ones it only recorded usage for: pinning them would make
+ * every new entry evict from a table of pinned ones.  Their orgs are
+ * invalidated at commit instead, as a write around the functions is, and
+ * rebuilt from the ledger when next asked.  (Keys holding a consume
+ * reservation are registered: the reservation pins them anyway.)
+ */
 static void
 tm_pre_commit(void)
 {
 	TmLocalIter it = {0};
 	TmLocal    *l;
+	int			n = 0;
+	bool		big;
 
 	tm_commit_xid = GetTopTransactionIdIfAny();
+	while ((l = tm_local_next(&it)) != NULL)
+		if (tm_needs_registration(l))
+			n++;
+	big = n > Max(TM_BIG_TRANSACTION_MIN, tm_cache_size / 8);
+
+	memset(&it, 0, sizeof(it));
 	while ((l = tm_local_next(&it)) != NULL)
 	{
 		LWLock	   *lock;
 		TmEntry    *e;
 
-		if (l->amount == 0 && l->reserved == 0 && !l->created_org &&
-			!l->mixed && !l->stale)
+		if (!tm_needs_registration(l))
 			continue;
+		if (big && l->reserved == 0)
+		{
+			tm_inval_org(l->key.org_id, true);
+			continue;
+		}
 		lock = tm_lock_for(l->hash);
 		/* usually the entry is there: a shared lock is enough to pin it */
 		LWLockAcquire(lock, LW_SHARED);
