@@ -33,6 +33,7 @@ int			tm_cache_size = 100000;
 
 TmShared   *tm_shared = NULL;
 HTAB	   *tm_htab = NULL;
+pg_atomic_uint32 *tm_ghosts = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -45,8 +46,9 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static Size
 tm_shmem_size(void)
 {
-	return add_size(MAXALIGN(sizeof(TmShared)),
-					hash_estimate_size(tm_cache_size, sizeof(TmEntry)));
+	return add_size(add_size(MAXALIGN(sizeof(TmShared)),
+							 hash_estimate_size(tm_cache_size, sizeof(TmEntry))),
+					MAXALIGN(mul_size(tm_cache_size, sizeof(pg_atomic_uint32))));
 }
 
 static void
@@ -76,6 +78,15 @@ tm_shmem_startup(void)
 		memset(tm_shared->build_used, 0, sizeof(tm_shared->build_used));
 		pg_atomic_init_u64(&tm_shared->generation, 1);
 		pg_atomic_init_u32(&tm_shared->unregistered, 0);
+	}
+	tm_ghosts = ShmemInitStruct("tiermeter read misses",
+								mul_size(tm_cache_size, sizeof(pg_atomic_uint32)), &found);
+	if (!found)
+	{
+		int			i;
+
+		for (i = 0; i < tm_cache_size; i++)
+			pg_atomic_init_u32(&tm_ghosts[i], 0);
 	}
 	info.keysize = sizeof(TmCacheKey);
 	info.entrysize = sizeof(TmEntry);
@@ -171,6 +182,27 @@ tm_evict(void)
 	for (i = TM_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&tm_shared->locks[i].lock);
 	pfree(v);
+}
+
+/*
+ * Should a read miss of this key build an entry?  Yes while the table has
+ * room; when it is nearly full, only for a key that missed once before
+ * (tm_ghosts): a key read once is answered from the tables, at the cost of
+ * the table path, and evicts nothing.  A race here only admits a key a miss
+ * early or late.
+ */
+bool
+tm_cache_admit(uint32 hash)
+{
+	pg_atomic_uint32 *slot;
+
+	if (hash_get_num_entries(tm_htab) < tm_cache_size - tm_cache_size / 10)
+		return true;
+	slot = &tm_ghosts[hash % (uint32) tm_cache_size];
+	if (pg_atomic_read_u32(slot) == hash)
+		return true;
+	pg_atomic_write_u32(slot, hash);
+	return false;
 }
 
 /* Finds or creates the entry; caller holds its partition lock exclusively. */

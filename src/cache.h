@@ -90,6 +90,14 @@ typedef struct TmShared
 } TmShared;
 
 /*
+ * Read misses seen lately, one key hash per slot (tm_cache_size slots): when
+ * the table is nearly full, a read miss is answered from the tables and
+ * builds an entry only if its key missed once before, so that keys read
+ * once do not evict the ones read often.
+ */
+extern pg_atomic_uint32 *tm_ghosts;
+
+/*
  * used, reserved and pending change under the partition lock held in shared
  * mode (commits of one org run in parallel), so they are atomics; anything
  * that must see them still, a build's install or a reservation, holds the

@@ -187,6 +187,7 @@ extern bool tm_cache_key(TmCacheKey *key, const char *org_id, const char *featur
 extern bool tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
 						 const char *feature, TmOrgFeature *of, TmSums *sums,
 						 MemoryContext cxt);
+extern bool tm_cache_admit(uint32 hash);
 extern bool tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 						   const char *feature, TmOrgFeature *of, TmSums *sums,
 						   MemoryContext cxt);
