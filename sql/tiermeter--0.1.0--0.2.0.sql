@@ -196,9 +196,11 @@ $$;
 REVOKE ALL ON FUNCTION @extschema@._access_held(regrole, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._access_held(regrole, text) IS 'Internal: whether a role directly holds every privilege of an access level.';
 
--- The checks of grant_access and revoke_access on their arguments.
+-- What grant_access and revoke_access do first, once they know the caller
+-- owns the extension: check the arguments, then take the table of levels (one call at a time: revoke_access
+-- decides from the levels held) and forget the levels of dropped roles.
 CREATE FUNCTION @extschema@._access_require(role regrole, level text) RETURNS void
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF role IS NULL THEN
 		RAISE EXCEPTION 'tiermeter: role must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -221,9 +223,11 @@ BEGIN
 		RAISE EXCEPTION 'tiermeter: role % owns the extension: it needs no access level', role
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	LOCK TABLE @extschema@._access IN EXCLUSIVE MODE;
+	DELETE FROM @extschema@._access a WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.grantee);
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._access_require(regrole, text) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@._access_require(regrole, text) IS 'Internal: errors unless the role exists and is not the extension''s owner, and the level is app, billing or reader.';
+COMMENT ON FUNCTION @extschema@._access_require(regrole, text) IS 'Internal: errors unless the role exists and is not its owner, and the level is app, billing or reader; then locks the table of levels and forgets dropped roles.';
 
 -- SECURITY INVOKER: the GRANTs are the caller's own, so a role can give no
 -- more than it may give itself.  EXECUTE is revoked from PUBLIC, and a
@@ -235,14 +239,12 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	p	record;
 BEGIN
+	-- first, before any internal function (not executable by others)
 	IF NOT pg_has_role(current_user, (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@'), 'USAGE') THEN
 		RAISE EXCEPTION 'tiermeter: only the extension''s owner may grant or revoke access levels'
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM @extschema@._access_require(role, level);
-	-- one call at a time: revoke_access decides from the levels held
-	LOCK TABLE @extschema@._access IN EXCLUSIVE MODE;
-	DELETE FROM @extschema@._access a WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.grantee);
 	INSERT INTO @extschema@._access (grantee, level) VALUES (role, level) ON CONFLICT DO NOTHING;
 	FOR p IN SELECT * FROM @extschema@._access_privileges(level) LOOP
 		EXECUTE format('GRANT %s ON %s %s TO %s', p.privilege, p.kind, p.object, role);
@@ -257,14 +259,12 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	p	record;
 BEGIN
+	-- first, before any internal function (not executable by others)
 	IF NOT pg_has_role(current_user, (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = '@extschema@'), 'USAGE') THEN
 		RAISE EXCEPTION 'tiermeter: only the extension''s owner may grant or revoke access levels'
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM @extschema@._access_require(role, level);
-	-- one call at a time: revoke_access decides from the levels held
-	LOCK TABLE @extschema@._access IN EXCLUSIVE MODE;
-	DELETE FROM @extschema@._access a WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = a.grantee);
 	-- forget this level, and any other one the role no longer fully holds
 	DELETE FROM @extschema@._access a
 	 WHERE a.grantee = role

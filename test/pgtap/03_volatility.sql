@@ -20,7 +20,7 @@ INSERT INTO marked VALUES
 	('_access_privileges(text)', 'i', 's'),
 	-- catalog reads: the access level checks
 	('_access_held(regrole,text)', 's', 's'),
-	('_access_require(regrole,text)', 's', 's'),
+	('_access_require(regrole,text)', 'v', 'u'),
 	-- lookups as the extension's owner, in the leader
 	('_require_feature(text)', 's', 'r'),
 	('_require_tier(text)', 's', 'r'),
