@@ -47,3 +47,23 @@ VALUES ('cr-2', 'conversation_seconds', 20, now());
 ALTER TABLE tiermeter.usage_log ENABLE ALWAYS TRIGGER usage_log_insert_invalidate;
 UPDATE tiermeter.orgs SET billing_anchor = billing_anchor - interval '1 month' WHERE org_id = 'cr-2';
 SELECT used FROM tiermeter.check_org_limits('cr-2');
+
+-- a transaction that changes an org's config and then records for it: its
+-- usage goes through the tables, and its commit has the org rebuilt from the
+-- ledger, so nothing it recorded is lost and consume stays within the quota
+SELECT used FROM tiermeter.record_usage('cr-3', 10);
+BEGIN;
+SELECT tiermeter.set_org_quota('cr-3', 'conversation_seconds', 100);
+SELECT used FROM tiermeter.record_usage('cr-3', 40);
+SELECT used, allowed FROM tiermeter.consume('cr-3', 30);
+COMMIT;
+SELECT used FROM tiermeter.check_org_limits('cr-3');
+SELECT allowed, used FROM tiermeter.consume('cr-3', 80);
+SELECT sum(amount) AS ledger FROM tiermeter.usage_log WHERE org_id = 'cr-3';
+-- the same when the change is to every org's config
+SELECT used FROM tiermeter.record_usage('cr-4', 5);
+BEGIN;
+UPDATE tiermeter.tier_quotas SET quota = quota WHERE tier_id = 'free' AND feature = 'conversation_seconds';
+SELECT used FROM tiermeter.record_usage('cr-4', 7);
+COMMIT;
+SELECT used FROM tiermeter.check_org_limits('cr-4');

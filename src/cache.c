@@ -186,17 +186,26 @@ tm_evict(void)
 
 /*
  * Should a read miss of this key build an entry?  Yes while the table has
- * room; when it is nearly full, only for a key that missed once before
+ * room, or if the key has one (stale or invalid); when it is nearly full,
+ * a new key only if it missed once before
  * (tm_ghosts): a key read once is answered from the tables, at the cost of
  * the table path, and evicts nothing.  A race here only admits a key a miss
  * early or late.
  */
 bool
-tm_cache_admit(uint32 hash)
+tm_cache_admit(const TmCacheKey *key, uint32 hash)
 {
 	pg_atomic_uint32 *slot;
+	LWLock	   *lock = tm_lock_for(hash);
+	bool		present;
 
 	if (hash_get_num_entries(tm_htab) < tm_cache_size - tm_cache_size / 10)
+		return true;
+	/* an entry there (stale, invalid, being built) is refreshed, not admitted */
+	LWLockAcquire(lock, LW_SHARED);
+	present = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL) != NULL;
+	LWLockRelease(lock);
+	if (present)
 		return true;
 	slot = &tm_ghosts[hash % (uint32) tm_cache_size];
 	if (pg_atomic_read_u32(slot) == hash)

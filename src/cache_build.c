@@ -189,7 +189,11 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 		e->period_start == of->period.start && e->period_end == of->period.end &&
 		e->is_gauge == of->is_gauge && strlen(of->tier_id) < TM_KEY_LEN)
 	{
+		bool		existed = e->org_exists;
+
 		tm_entry_set_config(e, of, granted);
+		/* created meanwhile by a commit this snapshot did not see */
+		e->org_exists |= existed;
 		e->config_stale = false;
 		tm_entry_copy(e, of, sums, org_id, feature, cxt);
 		tm_touch(e, now);
@@ -203,12 +207,13 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 
 /*
  * Answers key from the tables (inside SPI), and installs the answer in the
- * cache when it can.  Fills of and sums (with this transaction's own
+ * cache when it can (and may_enter).  Fills of and sums (with this transaction's own
  * amounts) either way; returns whether it installed a valid entry.
  */
 bool
 tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
-			   const char *feature, TmOrgFeature *of, TmSums *sums, MemoryContext cxt)
+			   const char *feature, TmOrgFeature *of, TmSums *sums, MemoryContext cxt,
+			   bool may_enter)
 {
 	LWLock	   *lock = tm_lock_for(hash);
 	TmEntry    *volatile e;
@@ -225,8 +230,11 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	if (tm_refresh_config(key, hash, org_id, feature, of, sums, cxt, now))
 		return true;
 
-	/* open a build on the entry, unless someone else is building it */
-	e = tm_enter_locked(key, hash, lock);
+	/*
+	 * Open a build on the entry, unless someone else is building it, or the
+	 * caller only wants the answer (a read miss not admitted: no entry).
+	 */
+	e = may_enter ? tm_enter_locked(key, hash, lock) : NULL;
 	if (e != NULL)
 	{
 		if (tm_entry_current(e, now))

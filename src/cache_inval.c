@@ -50,6 +50,16 @@ tm_cache_bypass(const char *org_id)
 	return false;
 }
 
+/*
+ * An org's config (or, with usage, its usage too) changed in a way the
+ * cache's notes do not carry: invalidate it when this transaction commits.
+ */
+void
+tm_cache_org_changed(const char *org_id, bool usage)
+{
+	tm_inval_org(org_id, usage);
+}
+
 void
 tm_inval_org(const char *org_id, bool usage)
 {

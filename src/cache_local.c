@@ -230,8 +230,9 @@ tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
 	}
 	else if (!of->is_gauge && (l->ps != of->period.start || l->pe != of->period.end))
 		l->mixed = true;
-	l->amount = tm_add_sat(l->amount, amount);
+	/* the undo record first: if it cannot be made, nothing was noted */
 	tm_undo_push(key, amount, 0);
+	l->amount = tm_add_sat(l->amount, amount);
 }
 
 /*----------------------------------------------------------------------

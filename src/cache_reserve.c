@@ -17,8 +17,8 @@ static void
 tm_hold(TmLocal *l, TmEntry *e, const TmCacheKey *key, int64 amount)
 {
 	l->entry = e;
-	l->reserved += amount;
 	tm_undo_push(key, 0, amount);
+	l->reserved += amount;
 }
 
 /*

@@ -108,8 +108,9 @@ static SPIPlanPtr plans[TM_NUM_PLANS];
 
 /*
  * True while the functions insert their own ledger or org rows: the cache
- * learns of those at commit (tm_cache_note), so the insert trigger that
- * catches everyone else's rows (tiermeter_invalidate_insert_trigger) skips them.
+ * learns of those otherwise (tm_cache_note at commit, or an explicit
+ * tm_cache_org_changed), so the insert trigger that catches everyone else's
+ * rows (tiermeter_invalidate_insert_trigger) skips them.
  */
 bool		tm_own_write = false;
 
@@ -418,6 +419,7 @@ int
 tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls)
 {
 	int			rc;
+	bool		save = tm_own_write;
 
 	tm_own_write = true;
 	PG_TRY();
@@ -426,7 +428,7 @@ tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls)
 	}
 	PG_FINALLY();
 	{
-		tm_own_write = false;
+		tm_own_write = save;
 	}
 	PG_END_TRY();
 	return rc;
@@ -481,7 +483,9 @@ tiermeter_ensure_org(PG_FUNCTION_ARGS)
 
 	tm_spi_begin(&save);
 	tm_lookup(&of, org_id, "conversation_seconds", InvalidSnapshot, CurrentMemoryContext);
-	tm_ensure_org(&of);
+	/* no note carries this creation: the org's entries re-read their config */
+	if (tm_ensure_org(&of))
+		tm_cache_org_changed(org_id, false);
 	tm_spi_end(&save);
 	PG_RETURN_VOID();
 }

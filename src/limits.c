@@ -30,14 +30,9 @@ tiermeter_check_org_limits(PG_FUNCTION_ARGS)
 		if (!tm_cache_get(&key, hash, org_id, feature, &of, &sums, cxt))
 		{
 			tm_spi_begin(&save);
-			if (tm_cache_admit(hash))
-				(void) tm_cache_build(&key, hash, org_id, feature, &of, &sums, cxt);
-			else
-			{
-				/* read once lately: the table path, nothing evicted */
-				tm_lookup(&of, org_id, feature, InvalidSnapshot, cxt);
-				sums = tm_sums(&of, InvalidSnapshot, true);
-			}
+			/* a key read once lately is answered without an entry */
+			(void) tm_cache_build(&key, hash, org_id, feature, &of, &sums, cxt,
+								  tm_cache_admit(&key, hash));
 			tm_spi_end(&save);
 		}
 	}

@@ -187,10 +187,11 @@ extern bool tm_cache_key(TmCacheKey *key, const char *org_id, const char *featur
 extern bool tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
 						 const char *feature, TmOrgFeature *of, TmSums *sums,
 						 MemoryContext cxt);
-extern bool tm_cache_admit(uint32 hash);
+extern bool tm_cache_admit(const TmCacheKey *key, uint32 hash);
+extern void tm_cache_org_changed(const char *org_id, bool usage);
 extern bool tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 						   const char *feature, TmOrgFeature *of, TmSums *sums,
-						   MemoryContext cxt);
+						   MemoryContext cxt, bool may_enter);
 extern TmReserve tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 								  const TmOrgFeature *of, TmSums *sums);
 extern bool tm_cache_reserve_fallback(const TmCacheKey *key, uint32 hash, int64 amount);

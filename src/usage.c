@@ -78,7 +78,7 @@ tm_call_load(TmCall *c)
 	{
 		if (!tm_cache_get(&c->ckey, c->hash, c->org_id, c->feature, &c->of, &c->sums, c->cxt))
 			(void) tm_cache_build(&c->ckey, c->hash, c->org_id, c->feature,
-								  &c->of, &c->sums, c->cxt);
+								  &c->of, &c->sums, c->cxt, true);
 	}
 	else
 		tm_lookup(&c->of, c->org_id, c->feature, InvalidSnapshot, c->cxt);
@@ -92,7 +92,7 @@ tm_call_refresh(TmCall *c)
 	if (c->cached &&
 		!tm_cache_get(&c->ckey, c->hash, c->org_id, c->feature, &c->of, &c->sums, c->cxt))
 		(void) tm_cache_build(&c->ckey, c->hash, c->org_id, c->feature,
-							  &c->of, &c->sums, c->cxt);
+							  &c->of, &c->sums, c->cxt, true);
 }
 
 /*
@@ -233,6 +233,15 @@ tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 		if (tm_in_period(&c->of, occurred_at))
 			c->sums.used = tm_add_sat(c->sums.used, c->amount);
 	}
+	else if (inserted && c->can_reserve)
+	{
+		/*
+		 * Recorded on the table path while the cache holds this key (this
+		 * transaction changed the org's config): no note carries the amount,
+		 * so the org's entries are rebuilt from the ledger after the commit.
+		 */
+		tm_cache_org_changed(c->org_id, true);
+	}
 	else
 	{
 		/* a repeated key may have waited for its first call */
@@ -364,7 +373,7 @@ tiermeter_consume(PG_FUNCTION_ARGS)
 		{
 			if (attempt > 0)
 				(void) tm_cache_build(&c.ckey, c.hash, c.org_id, c.feature,
-									  &c.of, &c.sums, c.cxt);
+									  &c.of, &c.sums, c.cxt, true);
 			r = tm_cache_reserve(&c.ckey, c.hash, c.amount, &c.of, &c.sums);
 		}
 		if (r == TM_RESERVE_MISS)
