@@ -21,6 +21,7 @@ OBJS = \
 	src/cache_local.o \
 	src/cache_reserve.o \
 	src/cache_inval.o \
+	src/cache_stats.o \
 	src/stripe.o \
 	src/format.o
 
@@ -33,7 +34,7 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh nulls access
+REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh nulls cache_stats access
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
@@ -59,7 +60,7 @@ endif
 # every C file includes the shared header (PGXS tracks no header changes)
 $(OBJS): src/tiermeter.h
 # the cache's files also include its private header
-src/cache.o src/cache_build.o src/cache_local.o src/cache_reserve.o src/cache_inval.o: src/cache.h
+src/cache.o src/cache_build.o src/cache_local.o src/cache_reserve.o src/cache_inval.o src/cache_stats.o: src/cache.h
 
 .PHONY: setup demo test
 

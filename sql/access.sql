@@ -90,6 +90,7 @@ SELECT tiermeter.grant_usage('acc-1', 100000);
 SELECT tiermeter.apply_subscription_event('{}');
 SELECT tiermeter.verify_stripe_signature('{}', 't=1,v1=00', 'whsec_x');
 SELECT tiermeter.usage_stats('acc-1');
+SELECT tiermeter.cache_stats();
 SELECT tiermeter.rollover();
 SELECT tiermeter.schedule_rollover();
 SELECT tiermeter._ensure_org('acc-1');
@@ -162,11 +163,14 @@ SELECT tiermeter.grant_access('tm_billing', 'reader');
 RESET ROLE;
 
 ------------------------------------------------------------------------------
--- reader: usage_stats, format_duration and limit_events
+-- reader: usage_stats, format_duration, limit_events and cache_stats; the
+-- statistics' reset is the owner's
 ------------------------------------------------------------------------------
 SET ROLE tm_reader;
 SELECT tiermeter.usage_stats('acc-1')->'usage' AS usage;
 SELECT tiermeter.format_duration(3900);
+SELECT capacity >= 0 AS cache_stats_readable FROM tiermeter.cache_stats();
+SELECT tiermeter.cache_stats_reset();
 SELECT org_id, kind, payload->>'from' AS from_tier, payload->>'to' AS to_tier
   FROM tiermeter.limit_events WHERE org_id LIKE 'acc-%' ORDER BY id;
 SELECT tiermeter.check_org_limits('acc-1');

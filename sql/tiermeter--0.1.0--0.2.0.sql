@@ -170,7 +170,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		('reader', 'USAGE', 'SCHEMA', '@extschema@'),
 		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.usage_stats(text)'),
 		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.format_duration(bigint)'),
-		('reader', 'SELECT', 'TABLE', '@extschema@.limit_events')
+		('reader', 'SELECT', 'TABLE', '@extschema@.limit_events'),
+		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.cache_stats()')
 	  ) AS p(lvl, privilege, kind, object)
 	 WHERE p.lvl = level OR (level = 'billing' AND p.lvl = 'app')
 $$;
@@ -1241,3 +1242,21 @@ COMMENT ON FUNCTION @extschema@._drop_deleted_default() IS 'Trigger: a default t
 
 CREATE TRIGGER tiers_deleted_default BEFORE INSERT ON @extschema@.tiers
 	FOR EACH ROW WHEN (NEW.is_default) EXECUTE FUNCTION @extschema@._drop_deleted_default();
+
+-- The shared-memory cache's own statistics, cluster-wide, since the server
+-- started or the last cache_stats_reset() (docs/reference.md, "cache_stats").
+CREATE FUNCTION @extschema@.cache_stats(
+	OUT entries bigint, OUT capacity bigint, OUT hits bigint, OUT misses bigint,
+	OUT builds bigint, OUT refreshes bigint, OUT evictions bigint,
+	OUT fallbacks bigint, OUT invalidations bigint, OUT stats_reset timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'tiermeter_cache_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+REVOKE ALL ON FUNCTION @extschema@.cache_stats() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.cache_stats() IS 'The shared-memory cache: entries in use, capacity (tiermeter.cache_size), and since start or the last cache_stats_reset() its hits, misses, builds from the ledger, config refreshes, evictions, answers from the tables and invalidations, for the whole cluster.';
+
+CREATE FUNCTION @extschema@.cache_stats_reset() RETURNS void
+AS 'MODULE_PATHNAME', 'tiermeter_cache_stats_reset'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION @extschema@.cache_stats_reset() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.cache_stats_reset() IS 'Starts the counts of cache_stats() again from 0 (the entries stay). For the extension owner only.';

@@ -10,7 +10,8 @@
  * backends see commits replayed from WAL, not through our callbacks).
  *
  * This file holds the shared table: shared memory, the partitioned hash and
- * its locks, finding and creating entries, eviction, and the hit path
+ * its locks, the feature names, finding and creating entries, eviction (a
+ * clock over a ring of the entries), and the hit path
  * (tm_cache_get).  The other parts of the cache are listed in cache.h.
  */
 #include "cache.h"
@@ -20,6 +21,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 #define TM_TRANCHE		"tiermeter"
 
@@ -34,6 +36,9 @@ int			tm_cache_size = 100000;
 TmShared   *tm_shared = NULL;
 HTAB	   *tm_htab = NULL;
 pg_atomic_uint32 *tm_ghosts = NULL;
+pg_atomic_uint64 *tm_ring = NULL;
+int32	   *tm_ring_free = NULL;
+TmStatSlot *tm_stats = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -43,12 +48,35 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
  *----------------------------------------------------------------------
  */
 
+/*
+ * One ring slot per entry the table can hold (a fixed-size shared dynahash
+ * holds exactly tm_cache_size), so that a full table fills the ring and
+ * every window of it has entries to choose from.
+ */
+static int32
+tm_ring_size(void)
+{
+	return tm_cache_size;
+}
+
+/* statistics slots: slot 0 for anything without a backend id, then 1..MaxBackends */
+static int32
+tm_stat_slots(void)
+{
+	return MaxBackends + 1;
+}
+
 static Size
 tm_shmem_size(void)
 {
-	return add_size(add_size(MAXALIGN(sizeof(TmShared)),
-							 hash_estimate_size(tm_cache_size, sizeof(TmEntry))),
-					MAXALIGN(mul_size(tm_cache_size, sizeof(pg_atomic_uint32))));
+	Size		size = MAXALIGN(sizeof(TmShared));
+
+	size = add_size(size, hash_estimate_size(tm_cache_size, sizeof(TmEntry)));
+	size = add_size(size, MAXALIGN(mul_size(tm_cache_size, sizeof(pg_atomic_uint32))));
+	size = add_size(size, MAXALIGN(mul_size(tm_ring_size(), sizeof(pg_atomic_uint64))));
+	size = add_size(size, MAXALIGN(mul_size(tm_ring_size(), sizeof(int32))));
+	size = add_size(size, mul_size(tm_stat_slots(), sizeof(TmStatSlot)));
+	return add_size(size, PG_CACHE_LINE_SIZE);
 }
 
 static void
@@ -65,6 +93,7 @@ tm_shmem_startup(void)
 {
 	bool		found;
 	HASHCTL		info;
+	int			i;
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
@@ -73,21 +102,46 @@ tm_shmem_startup(void)
 	tm_shared = ShmemInitStruct("tiermeter", sizeof(TmShared), &found);
 	if (!found)
 	{
+		memset(tm_shared, 0, sizeof(TmShared));
 		tm_shared->locks = GetNamedLWLockTranche(TM_TRANCHE);
 		SpinLockInit(&tm_shared->build_mutex);
-		memset(tm_shared->build_used, 0, sizeof(tm_shared->build_used));
-		pg_atomic_init_u64(&tm_shared->generation, 1);
 		pg_atomic_init_u32(&tm_shared->unregistered, 0);
+		SpinLockInit(&tm_shared->ring_mutex);
+		tm_shared->nring = tm_ring_size();
+		tm_shared->nfree = tm_ring_size();
+		pg_atomic_init_u32(&tm_shared->hand, 0);
+		SpinLockInit(&tm_shared->feature_mutex);
+		pg_atomic_init_u32(&tm_shared->nfeatures, 0);
+		SpinLockInit(&tm_shared->stats_mutex);
+		tm_shared->stats_reset = GetCurrentTimestamp();
+		tm_shared->nstat_slots = tm_stat_slots();
 	}
 	tm_ghosts = ShmemInitStruct("tiermeter read misses",
 								mul_size(tm_cache_size, sizeof(pg_atomic_uint32)), &found);
 	if (!found)
-	{
-		int			i;
-
 		for (i = 0; i < tm_cache_size; i++)
 			pg_atomic_init_u32(&tm_ghosts[i], 0);
-	}
+	tm_ring = ShmemInitStruct("tiermeter eviction ring",
+							  mul_size(tm_ring_size(), sizeof(pg_atomic_uint64)), &found);
+	tm_ring_free = ShmemInitStruct("tiermeter eviction ring free slots",
+								   mul_size(tm_ring_size(), sizeof(int32)), &found);
+	if (!found)
+		for (i = 0; i < tm_ring_size(); i++)
+		{
+			pg_atomic_init_u64(&tm_ring[i], 0);
+			/* popped from the end: slot 0 first */
+			tm_ring_free[i] = tm_ring_size() - 1 - i;
+		}
+	tm_stats = ShmemInitStruct("tiermeter statistics",
+							   mul_size(tm_stat_slots(), sizeof(TmStatSlot)), &found);
+	if (!found)
+		for (i = 0; i < tm_stat_slots(); i++)
+		{
+			int			j;
+
+			for (j = 0; j < TM_NSTATS; j++)
+				pg_atomic_init_u64(&tm_stats[i].n[j], 0);
+		}
 	info.keysize = sizeof(TmCacheKey);
 	info.entrysize = sizeof(TmEntry);
 	info.num_partitions = TM_PARTITIONS;
@@ -129,59 +183,163 @@ tm_cache_key(TmCacheKey *key, const char *org_id, const char *feature, uint32 *h
 }
 
 /*----------------------------------------------------------------------
- * Eviction: when the table is full, drop the least recently used tenth
- * of the entries that nothing pins.  Holds every partition lock.
+ * Feature names: every feature that has had an entry, so that an org's
+ * entries can be looked up one by one (cache_inval.c).
  *----------------------------------------------------------------------
  */
 
-typedef struct TmVictim
+int
+tm_feature_count(void)
 {
-	TmEntry    *e;
-	uint64		at;
-} TmVictim;
+	int			n = (int) pg_atomic_read_u32(&tm_shared->nfeatures);
 
-static int
-tm_victim_cmp(const void *a, const void *b)
-{
-	uint64		x = ((const TmVictim *) a)->at;
-	uint64		y = ((const TmVictim *) b)->at;
-
-	return (x > y) - (x < y);
+	/* the names are read after the count that published them */
+	pg_read_barrier();
+	return n;
 }
 
+const char *
+tm_feature_name(int i)
+{
+	return tm_shared->features[i];
+}
+
+/* Adds the feature of a new entry to the names, once. */
 static void
+tm_feature_register(const char *feature)
+{
+	int			n = tm_feature_count();
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(tm_shared->features[i], feature) == 0)
+			return;
+	SpinLockAcquire(&tm_shared->feature_mutex);
+	n = tm_feature_count();
+	for (i = 0; i < n; i++)
+		if (strcmp(tm_shared->features[i], feature) == 0)
+			break;
+	if (i == n)
+	{
+		if (n < TM_MAX_FEATURES)
+		{
+			strlcpy(tm_shared->features[n], feature, TM_KEY_LEN);
+			/* the name is written before the count that publishes it */
+			pg_write_barrier();
+			pg_atomic_write_u32(&tm_shared->nfeatures, n + 1);
+		}
+		else
+			tm_shared->features_overflow = true;
+	}
+	SpinLockRelease(&tm_shared->feature_mutex);
+}
+
+/*----------------------------------------------------------------------
+ * Eviction: a clock over the ring, one slot per entry.  A full table
+ * evicts the least recently used of the entries nothing pins within a
+ * window of the ring, taking only that entry's partition lock: the cost
+ * does not grow with the cache.
+ *----------------------------------------------------------------------
+ */
+
+#define TM_EVICT_WINDOW		32	/* slots looked at per eviction */
+#define TM_EVICT_TRIES		4	/* windows before giving up */
+
+static bool
+tm_evictable(TmEntry *e)
+{
+	return tm_pending(e) == 0 && TM_GET(e->reserved) == 0 && e->build < 0;
+}
+
+/* Gives a new entry a ring slot (none if the ring is full: never evicted). */
+static void
+tm_ring_add(TmEntry *e)
+{
+	int32		slot = -1;
+
+	SpinLockAcquire(&tm_shared->ring_mutex);
+	if (tm_shared->nfree > 0)
+		slot = tm_ring_free[--tm_shared->nfree];
+	SpinLockRelease(&tm_shared->ring_mutex);
+	e->slot = slot;
+	if (slot >= 0)
+		pg_atomic_write_u64(&tm_ring[slot], (uint64) (uintptr_t) e);
+}
+
+/* Removes an entry; caller holds its partition lock exclusively. */
+static void
+tm_remove(TmEntry *e)
+{
+	int32		slot = e->slot;
+
+	if (slot >= 0)
+	{
+		pg_atomic_write_u64(&tm_ring[slot], 0);
+		SpinLockAcquire(&tm_shared->ring_mutex);
+		tm_ring_free[tm_shared->nfree++] = slot;
+		SpinLockRelease(&tm_shared->ring_mutex);
+	}
+	hash_search(tm_htab, &e->key, HASH_REMOVE, NULL);
+	tm_count(TM_STAT_EVICTIONS);
+}
+
+/*
+ * Evicts one entry, holding no lock on entry.  A slot's entry may be
+ * evicted and its memory reused by another key while we look: the choice
+ * reads it without a lock, then the entry is looked up again under its
+ * partition lock by a copy of its key, and removed only if the lookup
+ * finds this very entry, still unpinned.  False if no window had one.
+ */
+static bool
 tm_evict(void)
 {
-	HASH_SEQ_STATUS seq;
-	TmEntry    *e;
-	TmVictim   *v;
-	int			n = 0;
-	int			i;
-	int			drop;
+	int			try;
 
-	v = palloc(sizeof(TmVictim) * tm_cache_size);
-	for (i = 0; i < TM_PARTITIONS; i++)
-		LWLockAcquire(&tm_shared->locks[i].lock, LW_EXCLUSIVE);
-
-	hash_seq_init(&seq, tm_htab);
-	while ((e = hash_seq_search(&seq)) != NULL)
+	for (try = 0; try < TM_EVICT_TRIES; try++)
 	{
-		if (tm_pending(e) == 0 && TM_GET(e->reserved) == 0 &&
-			e->build < 0 && n < tm_cache_size)
+		uint32		start = pg_atomic_fetch_add_u32(&tm_shared->hand, TM_EVICT_WINDOW);
+		TmEntry    *victim = NULL;
+		uint64		oldest = PG_UINT64_MAX;
+		int			i;
+
+		for (i = 0; i < TM_EVICT_WINDOW; i++)
 		{
-			v[n].e = e;
-			v[n].at = pg_atomic_read_u64(&e->last_access);
-			n++;
+			int32		slot = (int32) ((start + i) % (uint32) tm_shared->nring);
+			TmEntry    *e = (TmEntry *) (uintptr_t) pg_atomic_read_u64(&tm_ring[slot]);
+			uint64		at;
+
+			if (e == NULL || !tm_evictable(e))
+				continue;
+			at = pg_atomic_read_u64(&e->last_access);
+			if (at < oldest)
+			{
+				oldest = at;
+				victim = e;
+			}
+		}
+		if (victim != NULL)
+		{
+			TmCacheKey	key;
+			uint32		hash;
+			LWLock	   *lock;
+			bool		done = false;
+
+			memcpy(&key, &victim->key, sizeof(key));
+			hash = get_hash_value(tm_htab, &key);
+			lock = tm_lock_for(hash);
+			LWLockAcquire(lock, LW_EXCLUSIVE);
+			if (hash_search_with_hash_value(tm_htab, &key, hash, HASH_FIND, NULL) == victim &&
+				tm_evictable(victim))
+			{
+				tm_remove(victim);
+				done = true;
+			}
+			LWLockRelease(lock);
+			if (done)
+				return true;
 		}
 	}
-	qsort(v, n, sizeof(TmVictim), tm_victim_cmp);
-	drop = Max(1, n / 10);
-	for (i = 0; i < drop && i < n; i++)
-		hash_search(tm_htab, &v[i].e->key, HASH_REMOVE, NULL);
-
-	for (i = TM_PARTITIONS - 1; i >= 0; i--)
-		LWLockRelease(&tm_shared->locks[i].lock);
-	pfree(v);
+	return false;
 }
 
 /*
@@ -224,21 +382,25 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_ENTER_NULL, &found);
 	if (e != NULL && !found)
 	{
+		/* its feature is known before an invalidation can look for it */
+		tm_feature_register(key->feature);
 		e->valid = false;
 		e->config_stale = false;
 		e->build = -1;
 		e->epoch = 0;
+		e->changes = 0;
 		pg_atomic_init_u32(&e->pending[0], 0);
 		pg_atomic_init_u32(&e->pending[1], 0);
 		pg_atomic_init_u64(&e->reserved, 0);
 		pg_atomic_init_u64(&e->used, 0);
 		pg_atomic_init_u64(&e->last_access, (uint64) GetCurrentTransactionStartTimestamp());
+		tm_ring_add(e);
 	}
 	return e;
 }
 
 /*
- * Same, taking the partition lock and evicting once if the table is full.
+ * Same, taking the partition lock and evicting if the table is full.
  * Returns with the lock held, or NULL (lock released) if still full.
  */
 TmEntry *
@@ -251,7 +413,8 @@ tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock)
 	if (e == NULL)
 	{
 		LWLockRelease(lock);
-		tm_evict();
+		if (!tm_evict())
+			return NULL;
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		e = tm_enter(key, hash);
 		if (e == NULL)
@@ -314,5 +477,6 @@ tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
 
 	if (hit)
 		tm_add_own(key, of, sums);
+	tm_count(hit ? TM_STAT_HITS : TM_STAT_MISSES);
 	return hit;
 }

@@ -22,6 +22,7 @@
 #include "tiermeter.h"
 
 #include "port/atomics.h"
+#include "storage/backendid.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "utils/hsearch.h"
@@ -76,18 +77,68 @@ typedef struct TmEntry
 	bool		has_warning;
 	int32		warning_percent;
 	pg_atomic_uint64 last_access;
+	uint32		changes;		/* bumped by each invalidation that reaches it */
+	int32		slot;			/* its place in the eviction ring, or -1 */
 	char		tier_id[TM_KEY_LEN];
 } TmEntry;
+
+/*
+ * Feature names that have (or had) an entry, in any database: an org's
+ * entries are found by looking each one up, without scanning the table.
+ * Append-only; past TM_MAX_FEATURES names, org invalidations scan.
+ */
+#define TM_MAX_FEATURES	256
+
+/* The cache's statistics (cache_stats()), one set per backend slot. */
+typedef enum TmStat
+{
+	TM_STAT_HITS,
+	TM_STAT_MISSES,
+	TM_STAT_BUILDS,
+	TM_STAT_REFRESHES,
+	TM_STAT_EVICTIONS,
+	TM_STAT_FALLBACKS,
+	TM_STAT_INVALIDATIONS,
+	TM_NSTATS
+} TmStat;
+
+typedef union TmStatSlot
+{
+	pg_atomic_uint64 n[TM_NSTATS];
+	char		pad[PG_CACHE_LINE_SIZE * 2];	/* one backend per line pair */
+} TmStatSlot;
 
 typedef struct TmShared
 {
 	LWLockPadded *locks;
-	pg_atomic_uint64 generation;	/* bumped by every config commit */
 	pg_atomic_uint32 unregistered;	/* commits in flight without an entry */
 	slock_t		build_mutex;	/* guards build_used */
 	bool		build_used[TM_MAX_BUILDS];
 	TmBuild		builds[TM_MAX_BUILDS];
+
+	/* the eviction ring: one slot per entry, a clock hand, free slots */
+	slock_t		ring_mutex;		/* guards ring_free and nfree */
+	int32		nring;
+	int32		nfree;
+	pg_atomic_uint32 hand;
+
+	/* feature names seen (TM_MAX_FEATURES), appended under feature_mutex */
+	slock_t		feature_mutex;
+	pg_atomic_uint32 nfeatures;
+	bool		features_overflow;
+	char		features[TM_MAX_FEATURES][TM_KEY_LEN];
+
+	/* statistics: what cache_stats_reset() subtracts, and when */
+	slock_t		stats_mutex;
+	uint64		stats_base[TM_NSTATS];
+	TimestampTz stats_reset;
+	int32		nstat_slots;
 } TmShared;
+
+/* the ring's slots (TmEntry pointers) and its free list, in shared memory */
+extern pg_atomic_uint64 *tm_ring;
+extern int32 *tm_ring_free;
+extern TmStatSlot *tm_stats;
 
 /*
  * Read misses seen lately, one key hash per slot (tm_cache_size slots): when
@@ -141,6 +192,15 @@ typedef struct TmLocal
 extern TmShared *tm_shared;
 extern HTAB *tm_htab;
 
+/* Counts an event in this backend's statistics slot. */
+static inline void
+tm_count(TmStat what)
+{
+	int			i = (MyBackendId > 0 && MyBackendId < tm_shared->nstat_slots) ? MyBackendId : 0;
+
+	pg_atomic_fetch_add_u64(&tm_stats[i].n[what], 1);
+}
+
 static inline LWLock *
 tm_lock_for(uint32 hash)
 {
@@ -162,6 +222,8 @@ tm_entry_current(const TmEntry *e, TimestampTz now)
 }
 
 extern TmEntry *tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock);
+extern int	tm_feature_count(void);
+extern const char *tm_feature_name(int i);
 extern void tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
 						  const char *org_id, const char *feature, MemoryContext cxt);
 

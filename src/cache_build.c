@@ -150,9 +150,9 @@ tm_entry_set_config(TmEntry *e, const TmOrgFeature *of, int64 granted)
 /*
  * An entry whose quota, tier or thresholds changed (config_stale) and whose
  * usage did not: read its config again and keep its used, which the commits
- * keep exact; no ledger sum.  Installs only if no other change committed
- * meanwhile (the generation) and the period is the entry's; else false, and
- * the caller rebuilds it.
+ * keep exact; no ledger sum.  Installs only if no other invalidation reached
+ * the entry meanwhile (its changes count) and the period is the entry's;
+ * else false, and the caller rebuilds it.
  */
 static bool
 tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
@@ -162,7 +162,7 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	LWLock	   *lock = tm_lock_for(hash);
 	TmEntry    *e;
 	bool		stale;
-	uint64		gen0;
+	uint32		changes0 = 0;
 	Snapshot	snapshot;
 	int64		granted;
 	bool		installed = false;
@@ -171,11 +171,12 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
 	stale = e != NULL && e->valid && e->config_stale && e->build < 0 &&
 		e->period_start <= now && now < e->period_end;
+	if (stale)
+		changes0 = e->changes;
 	LWLockRelease(lock);
 	if (!stale)
 		return false;
 
-	gen0 = pg_atomic_read_u64(&tm_shared->generation);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	snapshot->curcid = FirstCommandId;
 	tm_lookup(of, org_id, feature, snapshot, cxt);
@@ -185,7 +186,7 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
 	if (e != NULL && e->valid && e->config_stale && e->build < 0 &&
-		pg_atomic_read_u64(&tm_shared->generation) == gen0 &&
+		e->changes == changes0 &&
 		e->period_start == of->period.start && e->period_end == of->period.end &&
 		e->is_gauge == of->is_gauge && strlen(of->tier_id) < TM_KEY_LEN)
 	{
@@ -201,7 +202,10 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	}
 	LWLockRelease(lock);
 	if (installed)
+	{
 		tm_add_own(key, of, sums);
+		tm_count(TM_STAT_REFRESHES);
+	}
 	return installed;
 }
 
@@ -260,7 +264,6 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	PG_TRY();
 	{
 		Snapshot	snapshot;
-		uint64		gen0 = pg_atomic_read_u64(&tm_shared->generation);
 		volatile bool clean = pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 
 		/* everything committed, nothing of our own transaction */
@@ -298,7 +301,6 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			tm_entry_set_config(e, of, sums->granted);
 			installed = clean && !b->spoiled &&
 				strlen(of->tier_id) < TM_KEY_LEN &&
-				pg_atomic_read_u64(&tm_shared->generation) == gen0 &&
 				pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 			e->valid = installed;
 			e->config_stale = false;
@@ -317,5 +319,6 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 
 	sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
 	sums->reserved = tm_cache_reserved_by_others(key, hash);
+	tm_count(installed ? TM_STAT_BUILDS : TM_STAT_FALLBACKS);
 	return installed;
 }

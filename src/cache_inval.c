@@ -37,17 +37,19 @@ typedef struct TmInvalOrg
 bool
 tm_cache_bypass(const char *org_id)
 {
-	if (tm_inval_all)
-		return true;
-	if (tm_inval_orgs != NULL)
+	bool		bypass = tm_inval_all;
+
+	if (!bypass && tm_inval_orgs != NULL)
 	{
 		char		buf[TM_KEY_LEN];
 
 		memset(buf, 0, sizeof(buf));
 		strlcpy(buf, org_id, sizeof(buf));
-		return hash_search(tm_inval_orgs, buf, HASH_FIND, NULL) != NULL;
+		bypass = hash_search(tm_inval_orgs, buf, HASH_FIND, NULL) != NULL;
 	}
-	return false;
+	if (bypass && tm_shared != NULL)
+		tm_count(TM_STAT_FALLBACKS);
+	return bypass;
 }
 
 /*
@@ -203,14 +205,31 @@ tiermeter_invalidate_database(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-void
-tm_apply_invalidations(void)
+/*
+ * Marks one entry: invalid (rebuild from the ledger) or config_stale
+ * (re-read config, keep used).  Caller holds its partition lock exclusively.
+ */
+static void
+tm_inval_entry(TmEntry *e, bool usage)
+{
+	if (usage)
+		e->valid = false;
+	else
+		e->config_stale = true;
+	e->changes++;
+	if (e->build >= 0)
+		tm_shared->builds[e->build].spoiled = true;
+	tm_count(TM_STAT_INVALIDATIONS);
+}
+
+/* Every entry of this database (config tables, TRUNCATE): one scan. */
+static void
+tm_inval_scan(void)
 {
 	HASH_SEQ_STATUS seq;
 	TmEntry    *e;
 	int			i;
 
-	pg_atomic_fetch_add_u64(&tm_shared->generation, 1);
 	for (i = 0; i < TM_PARTITIONS; i++)
 		LWLockAcquire(&tm_shared->locks[i].lock, LW_EXCLUSIVE);
 	hash_seq_init(&seq, tm_htab);
@@ -224,13 +243,59 @@ tm_apply_invalidations(void)
 			o = hash_search(tm_inval_orgs, e->key.org_id, HASH_FIND, NULL);
 		if (!tm_inval_all && o == NULL)
 			continue;
-		if (tm_inval_all_usage || (o != NULL && o->usage))
-			e->valid = false;
-		else
-			e->config_stale = true;
-		if (e->build >= 0)
-			tm_shared->builds[e->build].spoiled = true;
+		tm_inval_entry(e, tm_inval_all_usage || (o != NULL && o->usage));
 	}
 	for (i = TM_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&tm_shared->locks[i].lock);
+}
+
+/*
+ * The entries of the orgs this transaction changed: each (org, feature)
+ * looked up under its own partition lock, so the cost is the orgs' and no
+ * lock is held for long, whatever the cache size.  An entry created after
+ * its lookup is built from a snapshot that sees this commit (it is visible
+ * before the callback runs), so it needs no mark.
+ */
+static void
+tm_inval_lookup(void)
+{
+	HASH_SEQ_STATUS seq;
+	TmInvalOrg *o;
+	int			nfeatures = tm_feature_count();
+
+	hash_seq_init(&seq, tm_inval_orgs);
+	while ((o = hash_seq_search(&seq)) != NULL)
+	{
+		TmCacheKey	key;
+		int			f;
+
+		memset(&key, 0, sizeof(key));
+		key.dbid = MyDatabaseId;
+		memcpy(key.org_id, o->org_id, TM_KEY_LEN);
+		for (f = 0; f < nfeatures; f++)
+		{
+			uint32		hash;
+			LWLock	   *lock;
+			TmEntry    *e;
+
+			memset(key.feature, 0, TM_KEY_LEN);
+			strlcpy(key.feature, tm_feature_name(f), TM_KEY_LEN);
+			hash = get_hash_value(tm_htab, &key);
+			lock = tm_lock_for(hash);
+			LWLockAcquire(lock, LW_EXCLUSIVE);
+			e = hash_search_with_hash_value(tm_htab, &key, hash, HASH_FIND, NULL);
+			if (e != NULL)
+				tm_inval_entry(e, o->usage);
+			LWLockRelease(lock);
+		}
+	}
+}
+
+void
+tm_apply_invalidations(void)
+{
+	if (tm_inval_all || tm_shared->features_overflow)
+		tm_inval_scan();
+	else if (tm_inval_orgs != NULL)
+		tm_inval_lookup();
 }

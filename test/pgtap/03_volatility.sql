@@ -10,6 +10,8 @@ INSERT INTO marked VALUES
 	-- uncommitted usage: volatile, kept in the leader process
 	('check_org_limits(text,text)', 'v', 'r'),
 	('usage_stats(text)', 'v', 'r'),
+	-- the cache's statistics: shared memory, the same from any process
+	('cache_stats()', 'v', 's'),
 	-- pure functions of their arguments
 	('format_duration(bigint)', 'i', 's'),
 	('period_bounds(timestamp with time zone,timestamp with time zone,timestamp with time zone,timestamp with time zone)', 'i', 's'),
@@ -46,6 +48,7 @@ INSERT INTO marked VALUES
 	('_stripe_reapply(text,text,text)', 'v', 'u'),
 	('grant_access(regrole,text)', 'v', 'u'),
 	('revoke_access(regrole,text)', 'v', 'u'),
+	('cache_stats_reset()', 'v', 'u'),
 	-- trigger functions
 	('_invalidate()', 'v', 'u'),
 	('_invalidate_insert()', 'v', 'u'),
