@@ -66,6 +66,14 @@ SELECT allowed, reason, used FROM tiermeter.consume('acc-1', 3600);
 CREATE FUNCTION pg_temp.app_check(org text) RETURNS tiermeter.limit_status
 LANGUAGE sql AS $$ SELECT * FROM tiermeter.check_org_limits(org) $$;
 SELECT tier, used FROM pg_temp.app_check('acc-1');
+-- the session functions, but not their moment-taking internals nor the table
+SELECT allowed, active FROM tiermeter.begin_session('acc-s', 'conv-1');
+SELECT allowed, active FROM tiermeter.touch_session('acc-s', 'conv-1');
+SELECT allowed, active FROM tiermeter.check_session_limits('acc-s', 'conv-1');
+SELECT allowed, active FROM tiermeter.end_session('acc-s', 'conv-1');
+SELECT tiermeter._touch_session('acc-s', 'conv-1', now() - interval '1 hour');
+SELECT count(*) FROM tiermeter.sessions;
+UPDATE tiermeter.sessions SET duration_seconds = 0;
 -- no table: not the ledger, the orgs, the config, the events
 SELECT count(*) FROM tiermeter.usage_log;
 SELECT count(*) FROM tiermeter.orgs;
@@ -105,7 +113,8 @@ RESET ROLE;
 SELECT tier_id FROM tiermeter.orgs WHERE org_id = 'acc-1';
 SELECT used, quota FROM tiermeter.check_org_limits('acc-1');
 SELECT count(*) AS ledger_rows FROM tiermeter.usage_log WHERE org_id = 'acc-1';
-SELECT * FROM held WHERE role = 'tm_app' AND kind <> 'type' AND object NOT IN ('tiermeter', 'check_org_limits', 'record_usage', 'consume');
+SELECT * FROM held WHERE role = 'tm_app' AND kind <> 'type' AND object NOT IN ('tiermeter', 'check_org_limits', 'record_usage', 'consume',
+	'begin_session', 'touch_session', 'end_session', 'check_session_limits');
 SELECT * FROM held WHERE role = 'tm_reader' AND object = 'check_org_limits';
 
 ------------------------------------------------------------------------------

@@ -132,6 +132,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		('app', 'EXECUTE', 'FUNCTION', '@extschema@.check_org_limits(text, text)'),
 		('app', 'EXECUTE', 'FUNCTION', '@extschema@.record_usage(text, bigint, text, text, text, timestamptz)'),
 		('app', 'EXECUTE', 'FUNCTION', '@extschema@.consume(text, bigint, text, text, text)'),
+		('app', 'USAGE', 'TYPE', '@extschema@.session_status'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.begin_session(text, text, text)'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.touch_session(text, text)'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.end_session(text, text)'),
+		('app', 'EXECUTE', 'FUNCTION', '@extschema@.check_session_limits(text, text)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.verify_stripe_signature(text, text, text, integer, timestamptz)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.apply_subscription_event(jsonb)'),
 		('billing', 'EXECUTE', 'FUNCTION', '@extschema@.link_stripe_customer(text, text)'),
@@ -1260,3 +1265,454 @@ AS 'MODULE_PATHNAME', 'tiermeter_cache_stats_reset'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION @extschema@.cache_stats_reset() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.cache_stats_reset() IS 'Starts the counts of cache_stats() again from 0 (the entries stay). For the extension owner only.';
+
+------------------------------------------------------------------------------
+-- Conversation sessions (docs/reference.md, "Sessions"): the per-session
+-- length limit (tiers.max_session_seconds) and the concurrent-conversation
+-- limit (tiers.max_active_sessions).
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._require_id(id text, what text) RETURNS text
+AS 'MODULE_PATHNAME', 'tiermeter_require_id'
+LANGUAGE C IMMUTABLE PARALLEL SAFE CALLED ON NULL INPUT;
+REVOKE ALL ON FUNCTION @extschema@._require_id(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._require_id(text, text) IS 'Internal: errors unless id is given, not blank and at most 1024 bytes (what names it); returns it.';
+
+CREATE FUNCTION @extschema@._idle_timeout() RETURNS integer
+AS 'MODULE_PATHNAME', 'tiermeter_idle_timeout'
+LANGUAGE C STABLE PARALLEL SAFE;
+REVOKE ALL ON FUNCTION @extschema@._idle_timeout() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._idle_timeout() IS 'Internal: tiermeter.idle_timeout in seconds.';
+
+CREATE TYPE @extschema@.session_status AS (
+	org_id				text,
+	conversation_id		text,
+	allowed				boolean,
+	reason				text,
+	active				boolean,
+	started_at			timestamptz,
+	last_active_at		timestamptz,
+	duration_seconds	bigint,
+	session_quota		bigint,
+	session_remaining	bigint,
+	active_sessions		integer,
+	max_active_sessions	integer,
+	used				bigint,
+	quota				bigint,
+	period_end			timestamptz
+);
+REVOKE ALL ON TYPE @extschema@.session_status FROM PUBLIC;
+COMMENT ON TYPE @extschema@.session_status IS 'What the session functions return: the conversation''s session (duration against the tier''s max_session_seconds), the org''s active sessions against max_active_sessions, and its monthly conversation_seconds; allowed is false with a reason (limit_exceeded, session_limit_exceeded, too_many_active_sessions) when the conversation may not go on.';
+
+-- One row per (org, conversation).  A session is active while it is not
+-- ended and its last touch is at most its idle_timeout ago (idle_until).
+-- accrued_to is how far its duration has been counted: whole seconds are
+-- counted, the fraction waits for the next touch.
+CREATE TABLE @extschema@.sessions (
+	org_id				text NOT NULL,
+	conversation_id		text NOT NULL,
+	user_id				text,
+	started_at			timestamptz NOT NULL,
+	last_active_at		timestamptz NOT NULL,
+	accrued_to			timestamptz NOT NULL,
+	idle_timeout		integer NOT NULL CHECK (idle_timeout BETWEEN 1 AND 86400),
+	idle_until			timestamptz NOT NULL,
+	duration_seconds	bigint NOT NULL DEFAULT 0 CHECK (duration_seconds >= 0),
+	ended_at			timestamptz,
+	PRIMARY KEY (org_id, conversation_id)
+);
+CREATE INDEX sessions_open ON @extschema@.sessions (org_id, idle_until) WHERE ended_at IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sessions', '');
+REVOKE ALL ON TABLE @extschema@.sessions FROM PUBLIC;
+COMMENT ON TABLE @extschema@.sessions IS 'Conversation sessions by (org_id, conversation_id): start, last touch, counted duration, the idle_timeout in force when begun, and the end. Written by the session functions only.';
+
+-- Begins of one org take this row's lock (and in REPEATABLE READ fail to
+-- serialize rather than miss a concurrent begin), so that N callers racing
+-- for the last slot admit exactly one.
+CREATE TABLE @extschema@._session_slots (
+	org_id		text PRIMARY KEY,
+	taken_at	timestamptz NOT NULL
+);
+REVOKE ALL ON TABLE @extschema@._session_slots FROM PUBLIC;
+COMMENT ON TABLE @extschema@._session_slots IS 'Internal: one row per org whose sessions were begun; its row lock serializes admissions of the org.';
+
+-- The org's session limits (its tier's, or the default tier's for an org
+-- not created yet).
+CREATE FUNCTION @extschema@._session_limits(org_id text,
+	OUT max_session_seconds bigint, OUT max_active_sessions integer)
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT t.max_session_seconds, t.max_active_sessions
+	  FROM @extschema@.tiers t
+	 WHERE t.tier_id = coalesce((SELECT o.tier_id FROM @extschema@.orgs o WHERE o.org_id = $1),
+								(SELECT d.tier_id FROM @extschema@.tiers d WHERE d.is_default))
+$$;
+REVOKE ALL ON FUNCTION @extschema@._session_limits(text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_limits(text) IS 'Internal: the session limits of the org''s tier (NULL = unlimited).';
+
+CREATE FUNCTION @extschema@._active_sessions(org_id text, at timestamptz, except_conversation text)
+RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT count(*)::integer FROM @extschema@.sessions s
+	 WHERE s.org_id = $1 AND s.ended_at IS NULL AND s.idle_until >= $2
+	   AND s.started_at <= $2 AND s.conversation_id IS DISTINCT FROM $3
+$$;
+REVOKE ALL ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) IS 'Internal: the org''s sessions active at a time (not ended, last touched at most their idle_timeout before), leaving one conversation out.';
+
+-- Builds a session_status.  s is the session row (NULL fields for none);
+-- lim the org's limit_status for conversation_seconds; refused the reason
+-- an admission was refused, if any.  Otherwise the reason is, in order:
+-- the monthly quota spent, the session's length reached, NULL.
+CREATE FUNCTION @extschema@._session_status(org_id text, conversation_id text,
+	s @extschema@.sessions, lim @extschema@.limit_status, at timestamptz, refused text)
+RETURNS @extschema@.session_status
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r		@extschema@.session_status;
+	caps	record;
+	dur		bigint := coalesce(s.duration_seconds, 0);
+BEGIN
+	caps := @extschema@._session_limits(org_id);
+	r.org_id := org_id;
+	r.conversation_id := conversation_id;
+	r.active := s.org_id IS NOT NULL AND s.ended_at IS NULL AND s.idle_until >= at;
+	r.started_at := s.started_at;
+	r.last_active_at := s.last_active_at;
+	r.duration_seconds := dur;
+	r.session_quota := caps.max_session_seconds;
+	r.session_remaining := CASE WHEN caps.max_session_seconds IS NOT NULL
+								THEN greatest(caps.max_session_seconds - dur, 0) END;
+	r.active_sessions := @extschema@._active_sessions(org_id, at, NULL);
+	r.max_active_sessions := caps.max_active_sessions;
+	r.used := lim.used;
+	r.quota := lim.quota;
+	r.period_end := lim.period_end;
+	r.reason := CASE
+		WHEN NOT lim.allowed THEN 'limit_exceeded'
+		WHEN refused IS NOT NULL THEN refused
+		WHEN caps.max_session_seconds IS NOT NULL AND dur >= caps.max_session_seconds
+			THEN 'session_limit_exceeded'
+		END;
+	r.allowed := r.reason IS NULL;
+	RETURN r;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._session_status(text, text, @extschema@.sessions, @extschema@.limit_status, timestamptz, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_status(text, text, @extschema@.sessions, @extschema@.limit_status, timestamptz, text) IS 'Internal: builds a session_status from a session row and the org''s monthly limit_status.';
+
+-- May the org take one more active session at this time?  NULL if yes,
+-- else the reason.  Caller holds the org's _session_slots row.
+CREATE FUNCTION @extschema@._session_admission(org_id text, conversation_id text,
+	lim @extschema@.limit_status, at timestamptz)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	caps	record;
+BEGIN
+	IF NOT lim.allowed THEN
+		RETURN 'limit_exceeded';
+	END IF;
+	caps := @extschema@._session_limits(org_id);
+	IF caps.max_active_sessions IS NOT NULL AND
+	   @extschema@._active_sessions(org_id, at, conversation_id) >= caps.max_active_sessions THEN
+		RETURN 'too_many_active_sessions';
+	END IF;
+	RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._session_admission(text, text, @extschema@.limit_status, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_admission(text, text, @extschema@.limit_status, timestamptz) IS 'Internal: whether an org may take one more active session (NULL) or why not.';
+
+-- Takes the org's admission lock (a row lock held to the end of the
+-- transaction).
+CREATE FUNCTION @extschema@._session_lock(org_id text, at timestamptz) RETURNS void
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+	INSERT INTO @extschema@._session_slots AS l (org_id, taken_at) VALUES ($1, $2)
+	ON CONFLICT (org_id) DO UPDATE SET taken_at = EXCLUDED.taken_at
+$$;
+REVOKE ALL ON FUNCTION @extschema@._session_lock(text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_lock(text, timestamptz) IS 'Internal: locks the org''s session admissions until the transaction ends.';
+
+-- The active time a touch at `at` adds: from accrued_to to the touch, or
+-- to the last touch plus the idle timeout if the session went idle, in
+-- whole seconds.
+CREATE FUNCTION @extschema@._session_accrual(s @extschema@.sessions, at timestamptz) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT greatest(floor(extract(epoch FROM least($2, $1.idle_until) - $1.accrued_to)), 0)::bigint
+$$;
+REVOKE ALL ON FUNCTION @extschema@._session_accrual(@extschema@.sessions, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_accrual(@extschema@.sessions, timestamptz) IS 'Internal: the whole seconds of active time a touch adds to a session.';
+
+-- Accrues a session's active time up to `at` into its duration and, through
+-- record_usage, the org's conversation_seconds.  Returns the session row
+-- and the org's limit_status after it.  The caller holds the row locked.
+CREATE FUNCTION @extschema@._session_accrue(INOUT s @extschema@.sessions, at timestamptz,
+	OUT lim @extschema@.limit_status)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	delta	bigint := @extschema@._session_accrual(s, at);
+BEGIN
+	IF delta > 0 THEN
+		lim := @extschema@.record_usage(s.org_id, delta, 'conversation_seconds', s.conversation_id,
+										NULL, s.accrued_to + make_interval(secs => delta));
+		s.duration_seconds := s.duration_seconds + delta;
+		s.accrued_to := s.accrued_to + make_interval(secs => delta);
+	ELSE
+		lim := @extschema@.check_org_limits(s.org_id, 'conversation_seconds');
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._session_accrue(@extschema@.sessions, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_accrue(@extschema@.sessions, timestamptz) IS 'Internal: adds a session''s active time up to a moment to its duration and to conversation_seconds usage.';
+
+-- The session row of a conversation that must be open (not ended), locked;
+-- with admit, the org's admission lock is taken first when the session is
+-- idle (always in that order: the admission lock, then the session row).
+CREATE FUNCTION @extschema@._session_open(org_id text, conversation_id text, at timestamptz)
+RETURNS @extschema@.sessions
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s	@extschema@.sessions;
+BEGIN
+	PERFORM @extschema@._require_id(org_id, 'org_id');
+	PERFORM @extschema@._require_id(conversation_id, 'conversation_id');
+	IF at IS NULL OR NOT isfinite(at) THEN
+		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO s FROM @extschema@.sessions x
+	 WHERE x.org_id = _session_open.org_id AND x.conversation_id = _session_open.conversation_id;
+	IF FOUND AND s.ended_at IS NULL AND s.idle_until < at THEN
+		PERFORM @extschema@._session_lock(org_id, at);
+	END IF;
+	IF FOUND THEN
+		SELECT * INTO s FROM @extschema@.sessions x
+		 WHERE x.org_id = _session_open.org_id AND x.conversation_id = _session_open.conversation_id
+		   FOR UPDATE;
+	END IF;
+	IF s.org_id IS NULL OR s.ended_at IS NOT NULL THEN
+		RAISE EXCEPTION 'tiermeter: conversation "%" of org "%" has no open session', conversation_id, org_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = CASE WHEN s.org_id IS NULL THEN 'No session was begun for it.'
+								ELSE 'Its session has ended.' END,
+				  HINT = 'Begin it with tiermeter.begin_session(org_id, conversation_id).';
+	END IF;
+	RETURN s;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._session_open(text, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_open(text, text, timestamptz) IS 'Internal: the locked row of an open session, or error 22023 for an unknown or ended one.';
+
+-- touch_session at a given time (the public function passes now()).
+CREATE FUNCTION @extschema@._touch_session(org_id text, conversation_id text, at timestamptz)
+RETURNS @extschema@.session_status
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s		@extschema@.sessions := @extschema@._session_open(org_id, conversation_id, at);
+	acc		record;
+	refused	text;
+	active	boolean := s.idle_until >= at;
+BEGIN
+	acc := @extschema@._session_accrue(s, at);
+	s := acc.s;
+	IF NOT active THEN
+		-- idle: counted up to its timeout; re-admitted as begin_session would
+		refused := @extschema@._session_admission(org_id, conversation_id, acc.lim, at);
+	END IF;
+	IF refused IS NULL THEN
+		s.last_active_at := greatest(s.last_active_at, at);
+		s.idle_until := s.last_active_at + make_interval(secs => s.idle_timeout);
+		IF NOT active THEN
+			s.accrued_to := at;
+		END IF;
+	END IF;
+	UPDATE @extschema@.sessions x
+	   SET last_active_at = s.last_active_at, accrued_to = s.accrued_to,
+		   idle_until = s.idle_until, duration_seconds = s.duration_seconds
+	 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id;
+	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, at, refused);
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._touch_session(text, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._touch_session(text, text, timestamptz) IS 'Internal: touch_session at a given moment (tests).';
+
+-- begin_session at a given time.
+CREATE FUNCTION @extschema@._begin_session(org_id text, conversation_id text, user_id text, at timestamptz)
+RETURNS @extschema@.session_status
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s		@extschema@.sessions;
+	lim		@extschema@.limit_status;
+	refused	text;
+	tmo		integer;
+	existed	boolean;
+BEGIN
+	PERFORM @extschema@._ensure_org(org_id);
+	PERFORM @extschema@._require_id(conversation_id, 'conversation_id');
+	IF user_id IS NOT NULL THEN
+		PERFORM @extschema@._require_id(user_id, 'user_id');
+	END IF;
+	IF at IS NULL OR NOT isfinite(at) THEN
+		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	tmo := @extschema@._idle_timeout();
+	-- admissions of one org one at a time; then the row, seen afresh
+	PERFORM @extschema@._session_lock(org_id, at);
+	SELECT * INTO s FROM @extschema@.sessions x
+	 WHERE x.org_id = _begin_session.org_id AND x.conversation_id = _begin_session.conversation_id
+	   FOR UPDATE;
+	existed := FOUND;
+	IF existed AND s.ended_at IS NULL THEN
+		-- begun already: its status if active, a touch's re-admission if idle
+		IF s.idle_until >= at THEN
+			RETURN @extschema@._session_status(org_id, conversation_id, s,
+				@extschema@.check_org_limits(org_id, 'conversation_seconds'), at, NULL);
+		END IF;
+		RETURN @extschema@._touch_session(org_id, conversation_id, at);
+	END IF;
+	lim := @extschema@.check_org_limits(org_id, 'conversation_seconds');
+	refused := @extschema@._session_admission(org_id, conversation_id, lim, at);
+	IF refused IS NULL AND existed AND
+	   s.duration_seconds >= (@extschema@._session_limits(org_id)).max_session_seconds THEN
+		-- an ended conversation that already had its length
+		refused := 'session_limit_exceeded';
+	END IF;
+	IF refused IS NOT NULL THEN
+		-- nothing is created (an ended session stays ended)
+		RETURN @extschema@._session_status(org_id, conversation_id, s, lim, at, refused);
+	END IF;
+	IF existed THEN
+		-- an ended conversation begun again: its duration goes on
+		UPDATE @extschema@.sessions x
+		   SET ended_at = NULL, last_active_at = at, accrued_to = at, idle_timeout = tmo,
+			   idle_until = at + make_interval(secs => tmo),
+			   user_id = coalesce(_begin_session.user_id, x.user_id)
+		 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id
+		RETURNING * INTO s;
+	ELSE
+		INSERT INTO @extschema@.sessions AS x
+			(org_id, conversation_id, user_id, started_at, last_active_at, accrued_to,
+			 idle_timeout, idle_until)
+		VALUES (org_id, conversation_id, user_id, at, at, at, tmo, at + make_interval(secs => tmo))
+		RETURNING * INTO s;
+	END IF;
+	RETURN @extschema@._session_status(org_id, conversation_id, s, lim, at, NULL);
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) IS 'Internal: begin_session at a given moment (tests).';
+
+-- end_session at a given time.
+CREATE FUNCTION @extschema@._end_session(org_id text, conversation_id text, at timestamptz)
+RETURNS @extschema@.session_status
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s		@extschema@.sessions := @extschema@._session_open(org_id, conversation_id, at);
+	acc		record;
+BEGIN
+	acc := @extschema@._session_accrue(s, at);
+	s := acc.s;
+	IF s.idle_until >= at THEN
+		s.last_active_at := greatest(s.last_active_at, at);
+	END IF;
+	s.ended_at := greatest(at, s.started_at);
+	UPDATE @extschema@.sessions x
+	   SET last_active_at = s.last_active_at, accrued_to = s.accrued_to,
+		   duration_seconds = s.duration_seconds, ended_at = s.ended_at
+	 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id;
+	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, at, NULL);
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._end_session(text, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._end_session(text, text, timestamptz) IS 'Internal: end_session at a given moment (tests).';
+
+-- check_session_limits at a given time: writes nothing.
+CREATE FUNCTION @extschema@._check_session_limits(org_id text, conversation_id text, at timestamptz)
+RETURNS @extschema@.session_status
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s		@extschema@.sessions;
+	lim		@extschema@.limit_status;
+	refused	text;
+BEGIN
+	PERFORM @extschema@._require_id(org_id, 'org_id');
+	PERFORM @extschema@._require_id(conversation_id, 'conversation_id');
+	IF at IS NULL OR NOT isfinite(at) THEN
+		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	lim := @extschema@.check_org_limits(org_id, 'conversation_seconds');
+	SELECT * INTO s FROM @extschema@.sessions x
+	 WHERE x.org_id = _check_session_limits.org_id
+	   AND x.conversation_id = _check_session_limits.conversation_id;
+	IF s.org_id IS NOT NULL AND s.ended_at IS NULL THEN
+		-- the active time a touch now would add, not recorded
+		s.duration_seconds := s.duration_seconds + @extschema@._session_accrual(s, at);
+	END IF;
+	IF s.org_id IS NULL OR s.ended_at IS NOT NULL OR s.idle_until < at THEN
+		-- not active: would begin_session (or a touch) admit it?
+		refused := @extschema@._session_admission(org_id, conversation_id, lim, at);
+	END IF;
+	RETURN @extschema@._session_status(org_id, conversation_id, s, lim, at, refused);
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._check_session_limits(text, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._check_session_limits(text, text, timestamptz) IS 'Internal: check_session_limits at a given moment (tests).';
+
+CREATE FUNCTION @extschema@.begin_session(org_id text, conversation_id text, user_id text DEFAULT NULL)
+RETURNS @extschema@.session_status
+LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+	SELECT @extschema@._begin_session($1, $2, $3, now())
+$$;
+REVOKE ALL ON FUNCTION @extschema@.begin_session(text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.begin_session(text, text, text) IS 'Admits a conversation unless the monthly quota is spent (limit_exceeded) or the org has max_active_sessions active sessions (too_many_active_sessions); then nothing is created. Idempotent.';
+
+CREATE FUNCTION @extschema@.touch_session(org_id text, conversation_id text)
+RETURNS @extschema@.session_status
+LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+	SELECT @extschema@._touch_session($1, $2, now())
+$$;
+REVOKE ALL ON FUNCTION @extschema@.touch_session(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.touch_session(text, text) IS 'Adds the active time since the last touch (at most tiermeter.idle_timeout) to the session and to conversation_seconds usage; an idle session is re-admitted as begin_session would.';
+
+CREATE FUNCTION @extschema@.end_session(org_id text, conversation_id text)
+RETURNS @extschema@.session_status
+LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+	SELECT @extschema@._end_session($1, $2, now())
+$$;
+REVOKE ALL ON FUNCTION @extschema@.end_session(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.end_session(text, text) IS 'Ends a session: a last touch, then its slot is free.';
+
+CREATE FUNCTION @extschema@.check_session_limits(org_id text, conversation_id text)
+RETURNS @extschema@.session_status
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+	SELECT @extschema@._check_session_limits($1, $2, now())
+$$;
+REVOKE ALL ON FUNCTION @extschema@.check_session_limits(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.check_session_limits(text, text) IS 'Read-only: the session''s status now (with the active time a touch would add), or whether begin_session would admit it.';
+
+-- rollover also ends the sessions idle by as_of (at the moment they went
+-- idle, with nothing more counted: a touch would have counted the gap).
+CREATE OR REPLACE FUNCTION @extschema@.rollover(as_of timestamptz DEFAULT now()) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	moved	bigint;
+BEGIN
+	IF as_of IS NULL OR NOT isfinite(as_of) THEN
+		RAISE EXCEPTION 'tiermeter: as_of must be a finite timestamp'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- one runner at a time: a second one waits, then finds nothing to move
+	PERFORM pg_advisory_xact_lock(hashtext('tiermeter'), 1);
+	-- housekeeping only: every function already answers from the period
+	-- containing now(), whether or not this ever runs
+	UPDATE @extschema@.orgs o
+	   SET (period_start, period_end) =
+			   (SELECT p.period_start, p.period_end
+				  FROM @extschema@.period_bounds(o.billing_anchor, as_of, o.period_start, o.period_end) p),
+		   updated_at = now()
+	 WHERE o.period_end <= as_of;
+	GET DIAGNOSTICS moved = ROW_COUNT;
+	-- idle sessions are not active whether or not this runs; ending them
+	-- keeps the index of open sessions small
+	UPDATE @extschema@.sessions s
+	   SET ended_at = s.idle_until
+	 WHERE s.ended_at IS NULL AND s.idle_until < as_of;
+	RETURN moved;
+END $$;
+COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of, and ends the sessions idle by then; returns how many orgs moved. Housekeeping: limits never depend on it. One runner at a time.';

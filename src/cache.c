@@ -49,14 +49,23 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
  */
 
 /*
- * One ring slot per entry the table can hold (a fixed-size shared dynahash
- * holds exactly tm_cache_size), so that a full table fills the ring and
- * every window of it has entries to choose from.
+ * The entries the table holds: a fixed-size partitioned shared dynahash
+ * preallocates tm_cache_size elements, but at least one per freelist (32).
+ */
+int32
+tm_cache_capacity(void)
+{
+	return Max(tm_cache_size, 32);
+}
+
+/*
+ * One ring slot per entry the table can hold, so that a full table fills
+ * the ring and every window of it has entries to choose from.
  */
 static int32
 tm_ring_size(void)
 {
-	return tm_cache_size;
+	return tm_cache_capacity();
 }
 
 /* statistics slots: slot 0 for anything without a backend id, then 1..MaxBackends */
@@ -71,7 +80,7 @@ tm_shmem_size(void)
 {
 	Size		size = MAXALIGN(sizeof(TmShared));
 
-	size = add_size(size, hash_estimate_size(tm_cache_size, sizeof(TmEntry)));
+	size = add_size(size, hash_estimate_size(tm_cache_capacity(), sizeof(TmEntry)));
 	size = add_size(size, MAXALIGN(mul_size(tm_cache_size, sizeof(pg_atomic_uint32))));
 	size = add_size(size, MAXALIGN(mul_size(tm_ring_size(), sizeof(pg_atomic_uint64))));
 	size = add_size(size, MAXALIGN(mul_size(tm_ring_size(), sizeof(int32))));
@@ -106,6 +115,7 @@ tm_shmem_startup(void)
 		tm_shared->locks = GetNamedLWLockTranche(TM_TRANCHE);
 		SpinLockInit(&tm_shared->build_mutex);
 		pg_atomic_init_u32(&tm_shared->unregistered, 0);
+		pg_atomic_init_u64(&tm_shared->change_seq, 1);
 		SpinLockInit(&tm_shared->ring_mutex);
 		tm_shared->nring = tm_ring_size();
 		tm_shared->nfree = tm_ring_size();
@@ -145,7 +155,7 @@ tm_shmem_startup(void)
 	info.keysize = sizeof(TmCacheKey);
 	info.entrysize = sizeof(TmEntry);
 	info.num_partitions = TM_PARTITIONS;
-	tm_htab = ShmemInitHash("tiermeter counters", tm_cache_size, tm_cache_size, &info,
+	tm_htab = ShmemInitHash("tiermeter counters", tm_cache_capacity(), tm_cache_capacity(), &info,
 							HASH_ELEM | HASH_BLOBS | HASH_PARTITION | HASH_FIXED_SIZE);
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -214,6 +224,8 @@ tm_feature_register(const char *feature)
 	for (i = 0; i < n; i++)
 		if (strcmp(tm_shared->features[i], feature) == 0)
 			return;
+	if (tm_shared->features_overflow)
+		return;					/* invalidations scan from now on */
 	SpinLockAcquire(&tm_shared->feature_mutex);
 	n = tm_feature_count();
 	for (i = 0; i < n; i++)
@@ -357,7 +369,7 @@ tm_cache_admit(const TmCacheKey *key, uint32 hash)
 	LWLock	   *lock = tm_lock_for(hash);
 	bool		present;
 
-	if (hash_get_num_entries(tm_htab) < tm_cache_size - tm_cache_size / 10)
+	if (hash_get_num_entries(tm_htab) < tm_cache_capacity() - tm_cache_capacity() / 10)
 		return true;
 	/* an entry there (stale, invalid, being built) is refreshed, not admitted */
 	LWLockAcquire(lock, LW_SHARED);
@@ -388,7 +400,7 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 		e->config_stale = false;
 		e->build = -1;
 		e->epoch = 0;
-		e->changes = 0;
+		e->changes = pg_atomic_fetch_add_u64(&tm_shared->change_seq, 1);
 		pg_atomic_init_u32(&e->pending[0], 0);
 		pg_atomic_init_u32(&e->pending[1], 0);
 		pg_atomic_init_u64(&e->reserved, 0);

@@ -77,7 +77,8 @@ typedef struct TmEntry
 	bool		has_warning;
 	int32		warning_percent;
 	pg_atomic_uint64 last_access;
-	uint32		changes;		/* bumped by each invalidation that reaches it */
+	uint64		changes;		/* a new tm_shared->change_seq value at creation
+								 * and at each invalidation that reaches it */
 	int32		slot;			/* its place in the eviction ring, or -1 */
 	char		tier_id[TM_KEY_LEN];
 } TmEntry;
@@ -111,6 +112,7 @@ typedef union TmStatSlot
 typedef struct TmShared
 {
 	LWLockPadded *locks;
+	pg_atomic_uint64 change_seq;	/* never repeats, even across evictions */
 	pg_atomic_uint32 unregistered;	/* commits in flight without an entry */
 	slock_t		build_mutex;	/* guards build_used */
 	bool		build_used[TM_MAX_BUILDS];
@@ -223,6 +225,7 @@ tm_entry_current(const TmEntry *e, TimestampTz now)
 
 extern TmEntry *tm_enter_locked(const TmCacheKey *key, uint32 hash, LWLock *lock);
 extern int	tm_feature_count(void);
+extern int32 tm_cache_capacity(void);
 extern const char *tm_feature_name(int i);
 extern void tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
 						  const char *org_id, const char *feature, MemoryContext cxt);

@@ -162,7 +162,7 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	LWLock	   *lock = tm_lock_for(hash);
 	TmEntry    *e;
 	bool		stale;
-	uint32		changes0 = 0;
+	uint64		changes0 = 0;
 	Snapshot	snapshot;
 	int64		granted;
 	bool		installed = false;

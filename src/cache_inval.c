@@ -216,7 +216,7 @@ tm_inval_entry(TmEntry *e, bool usage)
 		e->valid = false;
 	else
 		e->config_stale = true;
-	e->changes++;
+	e->changes = pg_atomic_fetch_add_u64(&tm_shared->change_seq, 1);
 	if (e->build >= 0)
 		tm_shared->builds[e->build].spoiled = true;
 	tm_count(TM_STAT_INVALIDATIONS);
@@ -291,11 +291,22 @@ tm_inval_lookup(void)
 	}
 }
 
+/*
+ * Looks the orgs' entries up, unless that would cost more than one scan of
+ * the table (many orgs times many feature names).
+ */
 void
 tm_apply_invalidations(void)
 {
 	if (tm_inval_all || tm_shared->features_overflow)
 		tm_inval_scan();
 	else if (tm_inval_orgs != NULL)
-		tm_inval_lookup();
+	{
+		double		lookups = (double) hash_get_num_entries(tm_inval_orgs) * tm_feature_count();
+
+		if (lookups > (double) hash_get_num_entries(tm_htab))
+			tm_inval_scan();
+		else
+			tm_inval_lookup();
+	}
 }

@@ -62,7 +62,7 @@ tiermeter_cache_stats(PG_FUNCTION_ARGS)
 		for (j = 0; j < TM_NSTATS; j++)
 			sum[j] = sum[j] > base[j] ? sum[j] - base[j] : 0;
 		values[0] = Int64GetDatum((int64) hash_get_num_entries(tm_htab));
-		values[1] = Int64GetDatum((int64) tm_cache_size);
+		values[1] = Int64GetDatum((int64) tm_cache_capacity());
 		values[2 + TM_NSTATS] = TimestampTzGetDatum(reset);
 	}
 	else

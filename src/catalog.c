@@ -25,6 +25,7 @@
 TM_FUNCTION(tiermeter_ensure_org);
 TM_FUNCTION(tiermeter_require_feature);
 TM_FUNCTION(tiermeter_require_tier);
+TM_FUNCTION(tiermeter_require_id);
 TM_FUNCTION(tiermeter_require_amount);
 
 #define EQ " OPERATOR(pg_catalog.=) "
@@ -548,4 +549,16 @@ tiermeter_require_amount(PG_FUNCTION_ARGS)
 				 errmsg("tiermeter: is_gauge must not be NULL")));
 	tm_check_amount(PG_GETARG_INT64(0), PG_GETARG_BOOL(2), feature);
 	PG_RETURN_VOID();
+}
+
+/*
+ * _require_id(id, what): errors unless id is a valid id (not NULL, empty or
+ * blank, at most TM_MAX_ID_BYTES), with the C functions' messages; returns it.
+ */
+Datum
+tiermeter_require_id(PG_FUNCTION_ARGS)
+{
+	const char *what = PG_ARGISNULL(1) ? "id" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	PG_RETURN_TEXT_P(cstring_to_text(tm_arg_id(fcinfo, 0, what)));
 }

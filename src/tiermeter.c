@@ -14,6 +14,8 @@ PG_MODULE_MAGIC;
 
 int			tm_idle_timeout = 300;
 
+TM_FUNCTION(tiermeter_idle_timeout);
+
 /* PostgreSQL 15's fmgr.h does not declare it, so it is exported here */
 extern PGDLLEXPORT void _PG_init(void);
 
@@ -52,4 +54,15 @@ _PG_init(void)
 	tm_cache_register_callbacks();
 
 	MarkGUCPrefixReserved("tiermeter");
+}
+
+/*
+ * _idle_timeout(): tiermeter.idle_timeout in seconds, as an integer.  Read
+ * through the library, so the setting is the checked one even before
+ * anything else loaded the library in this backend.
+ */
+Datum
+tiermeter_idle_timeout(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(tm_idle_timeout);
 }

@@ -1,16 +1,26 @@
 -- pgTAP: the shape of the public API (docs/reference.md) and its access rules.
 BEGIN;
-SELECT plan(34);
+SELECT plan(40);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
 	'alert_thresholds', 'orgs', 'org_quotas', 'usage_grants', 'usage_log', 'limit_events',
-	'stripe_events', 'stripe_subscriptions', 'stripe_customers', '_seeds', '_access', '_deleted_seeds']);
+	'stripe_events', 'stripe_subscriptions', 'stripe_customers', '_seeds', '_access', '_deleted_seeds',
+	'sessions', '_session_slots']);
 
 SELECT has_type('tiermeter', 'limit_status', 'limit_status exists');
 SELECT columns_are('tiermeter', 'limit_status', ARRAY['org_id', 'tier', 'feature', 'allowed',
 	'reason', 'used', 'quota', 'remaining', 'percent_used', 'warning', 'unlimited',
 	'period_start', 'period_end', 'reserved']);
+
+SELECT has_type('tiermeter', 'session_status', 'session_status exists');
+SELECT columns_are('tiermeter', 'session_status', ARRAY['org_id', 'conversation_id', 'allowed',
+	'reason', 'active', 'started_at', 'last_active_at', 'duration_seconds', 'session_quota',
+	'session_remaining', 'active_sessions', 'max_active_sessions', 'used', 'quota', 'period_end']);
+SELECT function_returns('tiermeter', 'begin_session', ARRAY['text', 'text', 'text'], 'tiermeter.session_status');
+SELECT function_returns('tiermeter', 'touch_session', ARRAY['text', 'text'], 'tiermeter.session_status');
+SELECT function_returns('tiermeter', 'end_session', ARRAY['text', 'text'], 'tiermeter.session_status');
+SELECT function_returns('tiermeter', 'check_session_limits', ARRAY['text', 'text'], 'tiermeter.session_status');
 
 SELECT function_returns('tiermeter', 'check_org_limits', ARRAY['text', 'text'], 'tiermeter.limit_status');
 SELECT function_returns('tiermeter', 'record_usage',

@@ -12,6 +12,17 @@ INSERT INTO marked VALUES
 	('usage_stats(text)', 'v', 'r'),
 	-- the cache's statistics: shared memory, the same from any process
 	('cache_stats()', 'v', 's'),
+	-- read-only session answers: they call check_org_limits
+	('check_session_limits(text,text)', 'v', 'r'),
+	('_check_session_limits(text,text,timestamp with time zone)', 'v', 'r'),
+	('_session_status(text,text,sessions,limit_status,timestamp with time zone,text)', 's', 'r'),
+	('_session_admission(text,text,limit_status,timestamp with time zone)', 's', 'r'),
+	-- session table reads
+	('_session_limits(text)', 's', 's'),
+	('_active_sessions(text,timestamp with time zone,text)', 's', 's'),
+	('_idle_timeout()', 's', 's'),
+	('_require_id(text,text)', 'i', 's'),
+	('_session_accrual(sessions,timestamp with time zone)', 'i', 's'),
 	-- pure functions of their arguments
 	('format_duration(bigint)', 'i', 's'),
 	('period_bounds(timestamp with time zone,timestamp with time zone,timestamp with time zone,timestamp with time zone)', 'i', 's'),
@@ -49,6 +60,15 @@ INSERT INTO marked VALUES
 	('grant_access(regrole,text)', 'v', 'u'),
 	('revoke_access(regrole,text)', 'v', 'u'),
 	('cache_stats_reset()', 'v', 'u'),
+	('begin_session(text,text,text)', 'v', 'u'),
+	('touch_session(text,text)', 'v', 'u'),
+	('end_session(text,text)', 'v', 'u'),
+	('_begin_session(text,text,text,timestamp with time zone)', 'v', 'u'),
+	('_touch_session(text,text,timestamp with time zone)', 'v', 'u'),
+	('_end_session(text,text,timestamp with time zone)', 'v', 'u'),
+	('_session_open(text,text,timestamp with time zone)', 'v', 'u'),
+	('_session_lock(text,timestamp with time zone)', 'v', 'u'),
+	('_session_accrue(sessions,timestamp with time zone)', 'v', 'u'),
 	-- trigger functions
 	('_invalidate()', 'v', 'u'),
 	('_invalidate_insert()', 'v', 'u'),
