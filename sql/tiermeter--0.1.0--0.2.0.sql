@@ -1354,7 +1354,7 @@ RETURNS integer
 LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT count(*)::integer FROM @extschema@.sessions s
 	 WHERE s.org_id = $1 AND s.ended_at IS NULL AND s.idle_until >= $2
-	   AND s.started_at <= $2 AND s.conversation_id IS DISTINCT FROM $3
+	   AND s.conversation_id IS DISTINCT FROM $3
 $$;
 REVOKE ALL ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) IS 'Internal: the org''s sessions active at a time (not ended, last touched at most their idle_timeout before), leaving one conversation out.';
@@ -1462,26 +1462,35 @@ END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_accrue(@extschema@.sessions, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_accrue(@extschema@.sessions, timestamptz) IS 'Internal: adds a session''s active time up to a moment to its duration and to conversation_seconds usage.';
 
--- The session row of a conversation that must be open (not ended), locked;
--- with admit, the org's admission lock is taken first when the session is
--- idle (always in that order: the admission lock, then the session row).
-CREATE FUNCTION @extschema@._session_open(org_id text, conversation_id text, at timestamptz)
-RETURNS @extschema@.sessions
+-- The session row of an open (not ended) conversation, locked, and the
+-- moment of the call: `at`, or the clock once the locks are held (NULL).
+-- With admit (touch), the org's admission lock is held first: exclusively
+-- when the session is idle or within 5 s of it (a touch may then have to
+-- re-admit it), else shared, so that touches of one org run side by side
+-- but never beside an admission (the order is always the admission lock,
+-- then the session row).  An error 22023 for an unknown or ended session.
+CREATE FUNCTION @extschema@._session_open(org_id text, conversation_id text, admit boolean,
+	INOUT at timestamptz, OUT s @extschema@.sessions)
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	s	@extschema@.sessions;
+	exclusive	boolean := false;
 BEGIN
 	PERFORM @extschema@._require_id(org_id, 'org_id');
 	PERFORM @extschema@._require_id(conversation_id, 'conversation_id');
-	IF at IS NULL OR NOT isfinite(at) THEN
+	IF NOT isfinite(at) THEN
 		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	SELECT * INTO s FROM @extschema@.sessions x
 	 WHERE x.org_id = _session_open.org_id AND x.conversation_id = _session_open.conversation_id;
-	IF FOUND AND s.ended_at IS NULL AND s.idle_until < at THEN
-		PERFORM @extschema@._session_lock(org_id, at);
+	IF s.org_id IS NOT NULL AND s.ended_at IS NULL AND admit THEN
+		exclusive := s.idle_until < coalesce(at, clock_timestamp()) + interval '5 s';
+		IF exclusive THEN
+			PERFORM @extschema@._session_lock(org_id, coalesce(at, clock_timestamp()));
+		ELSE
+			PERFORM 1 FROM @extschema@._session_slots l WHERE l.org_id = _session_open.org_id FOR SHARE;
+		END IF;
 	END IF;
-	IF FOUND THEN
+	IF s.org_id IS NOT NULL THEN
 		SELECT * INTO s FROM @extschema@.sessions x
 		 WHERE x.org_id = _session_open.org_id AND x.conversation_id = _session_open.conversation_id
 		   FOR UPDATE;
@@ -1493,44 +1502,52 @@ BEGIN
 								ELSE 'Its session has ended.' END,
 				  HINT = 'Begin it with tiermeter.begin_session(org_id, conversation_id).';
 	END IF;
-	RETURN s;
+	at := coalesce(at, clock_timestamp());
+	IF admit AND NOT exclusive AND s.idle_until < at THEN
+		-- it went idle while we waited for the locks (rare): re-admission
+		-- needs the exclusive lock
+		PERFORM @extschema@._session_lock(org_id, at);
+	END IF;
 END $$;
-REVOKE ALL ON FUNCTION @extschema@._session_open(text, text, timestamptz) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@._session_open(text, text, timestamptz) IS 'Internal: the locked row of an open session, or error 22023 for an unknown or ended one.';
+REVOKE ALL ON FUNCTION @extschema@._session_open(text, text, boolean, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._session_open(text, text, boolean, timestamptz) IS 'Internal: the locked row of an open session and the moment of the call, or error 22023 for an unknown or ended one.';
 
--- touch_session at a given time (the public function passes now()).
+-- touch_session at a given moment (NULL: the clock, the public function).
 CREATE FUNCTION @extschema@._touch_session(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	s		@extschema@.sessions := @extschema@._session_open(org_id, conversation_id, at);
+	o		record := @extschema@._session_open(org_id, conversation_id, true, at);
+	s		@extschema@.sessions := o.s;
+	now_	timestamptz := o.at;
 	acc		record;
 	refused	text;
-	active	boolean := s.idle_until >= at;
+	active	boolean := s.idle_until >= now_;
 BEGIN
-	acc := @extschema@._session_accrue(s, at);
+	acc := @extschema@._session_accrue(s, now_);
 	s := acc.s;
 	IF NOT active THEN
 		-- idle: counted up to its timeout; re-admitted as begin_session would
-		refused := @extschema@._session_admission(org_id, conversation_id, acc.lim, at);
+		refused := @extschema@._session_admission(org_id, conversation_id, acc.lim, now_);
 	END IF;
 	IF refused IS NULL THEN
-		s.last_active_at := greatest(s.last_active_at, at);
+		s.last_active_at := greatest(s.last_active_at, now_);
 		s.idle_until := s.last_active_at + make_interval(secs => s.idle_timeout);
 		IF NOT active THEN
-			s.accrued_to := at;
+			s.accrued_to := now_;
 		END IF;
 	END IF;
 	UPDATE @extschema@.sessions x
 	   SET last_active_at = s.last_active_at, accrued_to = s.accrued_to,
 		   idle_until = s.idle_until, duration_seconds = s.duration_seconds
 	 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id;
-	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, at, refused);
+	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, now_, refused);
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._touch_session(text, text, timestamptz) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@._touch_session(text, text, timestamptz) IS 'Internal: touch_session at a given moment (tests).';
+COMMENT ON FUNCTION @extschema@._touch_session(text, text, timestamptz) IS 'Internal: touch_session at a given moment (tests), or at the clock (NULL).';
 
--- begin_session at a given time.
+-- begin_session at a given moment (NULL: the clock once the org's admission
+-- lock is held).
 CREATE FUNCTION @extschema@._begin_session(org_id text, conversation_id text, user_id text, at timestamptz)
 RETURNS @extschema@.session_status
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
@@ -1546,12 +1563,14 @@ BEGIN
 	IF user_id IS NOT NULL THEN
 		PERFORM @extschema@._require_id(user_id, 'user_id');
 	END IF;
-	IF at IS NULL OR NOT isfinite(at) THEN
+	IF NOT isfinite(at) THEN
 		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	tmo := @extschema@._idle_timeout();
-	-- admissions of one org one at a time; then the row, seen afresh
-	PERFORM @extschema@._session_lock(org_id, at);
+	-- admissions of one org one at a time, never beside a touch; then the
+	-- row, seen afresh
+	PERFORM @extschema@._session_lock(org_id, coalesce(at, clock_timestamp()));
+	at := coalesce(at, clock_timestamp());
 	SELECT * INTO s FROM @extschema@.sessions x
 	 WHERE x.org_id = _begin_session.org_id AND x.conversation_id = _begin_session.conversation_id
 	   FOR UPDATE;
@@ -1593,32 +1612,34 @@ BEGIN
 	RETURN @extschema@._session_status(org_id, conversation_id, s, lim, at, NULL);
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) IS 'Internal: begin_session at a given moment (tests).';
+COMMENT ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) IS 'Internal: begin_session at a given moment (tests), or at the clock (NULL).';
 
--- end_session at a given time.
+-- end_session at a given moment (NULL: the clock).
 CREATE FUNCTION @extschema@._end_session(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	s		@extschema@.sessions := @extschema@._session_open(org_id, conversation_id, at);
+	o		record := @extschema@._session_open(org_id, conversation_id, false, at);
+	s		@extschema@.sessions := o.s;
+	now_	timestamptz := o.at;
 	acc		record;
 BEGIN
-	acc := @extschema@._session_accrue(s, at);
+	acc := @extschema@._session_accrue(s, now_);
 	s := acc.s;
-	IF s.idle_until >= at THEN
-		s.last_active_at := greatest(s.last_active_at, at);
+	IF s.idle_until >= now_ THEN
+		s.last_active_at := greatest(s.last_active_at, now_);
 	END IF;
-	s.ended_at := greatest(at, s.started_at);
+	s.ended_at := greatest(now_, s.started_at);
 	UPDATE @extschema@.sessions x
 	   SET last_active_at = s.last_active_at, accrued_to = s.accrued_to,
 		   duration_seconds = s.duration_seconds, ended_at = s.ended_at
 	 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id;
-	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, at, NULL);
+	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, now_, NULL);
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._end_session(text, text, timestamptz) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@._end_session(text, text, timestamptz) IS 'Internal: end_session at a given moment (tests).';
+COMMENT ON FUNCTION @extschema@._end_session(text, text, timestamptz) IS 'Internal: end_session at a given moment (tests), or at the clock (NULL).';
 
--- check_session_limits at a given time: writes nothing.
+-- check_session_limits at a given moment (NULL: the clock): writes nothing.
 CREATE FUNCTION @extschema@._check_session_limits(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
 LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
@@ -1629,9 +1650,10 @@ DECLARE
 BEGIN
 	PERFORM @extschema@._require_id(org_id, 'org_id');
 	PERFORM @extschema@._require_id(conversation_id, 'conversation_id');
-	IF at IS NULL OR NOT isfinite(at) THEN
+	IF NOT isfinite(at) THEN
 		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	at := coalesce(at, clock_timestamp());
 	lim := @extschema@.check_org_limits(org_id, 'conversation_seconds');
 	SELECT * INTO s FROM @extschema@.sessions x
 	 WHERE x.org_id = _check_session_limits.org_id
@@ -1647,13 +1669,13 @@ BEGIN
 	RETURN @extschema@._session_status(org_id, conversation_id, s, lim, at, refused);
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._check_session_limits(text, text, timestamptz) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@._check_session_limits(text, text, timestamptz) IS 'Internal: check_session_limits at a given moment (tests).';
+COMMENT ON FUNCTION @extschema@._check_session_limits(text, text, timestamptz) IS 'Internal: check_session_limits at a given moment (tests), or at the clock (NULL).';
 
 CREATE FUNCTION @extschema@.begin_session(org_id text, conversation_id text, user_id text DEFAULT NULL)
 RETURNS @extschema@.session_status
 LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._begin_session($1, $2, $3, now())
+	SELECT @extschema@._begin_session($1, $2, $3, NULL)
 $$;
 REVOKE ALL ON FUNCTION @extschema@.begin_session(text, text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.begin_session(text, text, text) IS 'Admits a conversation unless the monthly quota is spent (limit_exceeded) or the org has max_active_sessions active sessions (too_many_active_sessions); then nothing is created. Idempotent.';
@@ -1662,7 +1684,7 @@ CREATE FUNCTION @extschema@.touch_session(org_id text, conversation_id text)
 RETURNS @extschema@.session_status
 LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._touch_session($1, $2, now())
+	SELECT @extschema@._touch_session($1, $2, NULL)
 $$;
 REVOKE ALL ON FUNCTION @extschema@.touch_session(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.touch_session(text, text) IS 'Adds the active time since the last touch (at most tiermeter.idle_timeout) to the session and to conversation_seconds usage; an idle session is re-admitted as begin_session would.';
@@ -1671,7 +1693,7 @@ CREATE FUNCTION @extschema@.end_session(org_id text, conversation_id text)
 RETURNS @extschema@.session_status
 LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._end_session($1, $2, now())
+	SELECT @extschema@._end_session($1, $2, NULL)
 $$;
 REVOKE ALL ON FUNCTION @extschema@.end_session(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.end_session(text, text) IS 'Ends a session: a last touch, then its slot is free.';
@@ -1680,7 +1702,7 @@ CREATE FUNCTION @extschema@.check_session_limits(org_id text, conversation_id te
 RETURNS @extschema@.session_status
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._check_session_limits($1, $2, now())
+	SELECT @extschema@._check_session_limits($1, $2, NULL)
 $$;
 REVOKE ALL ON FUNCTION @extschema@.check_session_limits(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.check_session_limits(text, text) IS 'Read-only: the session''s status now (with the active time a touch would add), or whether begin_session would admit it.';

@@ -66,7 +66,7 @@ INSERT INTO marked VALUES
 	('_begin_session(text,text,text,timestamp with time zone)', 'v', 'u'),
 	('_touch_session(text,text,timestamp with time zone)', 'v', 'u'),
 	('_end_session(text,text,timestamp with time zone)', 'v', 'u'),
-	('_session_open(text,text,timestamp with time zone)', 'v', 'u'),
+	('_session_open(text,text,boolean,timestamp with time zone)', 'v', 'u'),
 	('_session_lock(text,timestamp with time zone)', 'v', 'u'),
 	('_session_accrue(sessions,timestamp with time zone)', 'v', 'u'),
 	-- trigger functions
