@@ -130,6 +130,29 @@ line 'record_usage, ONE org, 32 clients (vs indexed)' record_hot ledger_hot '>= 
 line '  naive record, ONE org (vs indexed INSERT)'   naive_rec_hot ledger_hot '(naive ~0.08)'
 line 'consume, ONE org, 32 clients (vs indexed)'    consume_hot  ledger_hot '>= 0.90'
 line '  naive consume, ONE org (vs indexed INSERT)'  naive_con_hot ledger_hot '(reference)'
+# sessions: touch_session on 10k active sessions across 1k orgs (8 clients),
+# and begin_session + end_session pairs on ONE org (32 clients, the
+# professional tier's 10 slots), against the plain one-row INSERT
+psql -X -q -v ON_ERROR_STOP=1 -d $DB <<'SQL' >/dev/null
+SET tiermeter.idle_timeout = 86400;
+SELECT count(tiermeter.set_org_tier('sess-' || i, 'enterprise')) FROM generate_series(1, 1000) i;
+SELECT count(tiermeter.begin_session('sess-' || i, 'c-' || j))
+  FROM generate_series(1, 1000) i, generate_series(1, 10) j;
+SELECT tiermeter.set_org_tier('sess-hot', 'professional');
+VACUUM ANALYZE;
+SQL
+script touch          '\set o random(1, 1000)' '\set c random(1, 10)' "SELECT tiermeter.touch_session('sess-' || :o, 'c-' || :c);"
+script begin_end      "SELECT allowed::int AS admitted FROM tiermeter.begin_session('sess-hot', 'c-' || :client_id) \\gset" \
+	'\if :admitted' "SELECT tiermeter.end_session('sess-hot', 'c-' || :client_id);" '\endif'
+run touch 8
+run begin_end 32
+echo
+line 'touch_session, 10k sessions, 8 clients (vs plain INSERT)' touch insert '>= 0.5'
+line 'begin+end pairs, ONE org, 32 clients (vs plain INSERT)' begin_end insert_hot '(reported)'
+psql -X -q -A -t -d $DB -c "SELECT 'after the pairs: ' || count(*) FILTER (WHERE ended_at IS NULL AND idle_until >= clock_timestamp())
+	|| ' active sessions of sess-hot (cap 10), ' || count(*) || ' conversations'
+	FROM tiermeter.sessions WHERE org_id = 'sess-hot'"
+
 # the biggest orgs: an org with 2M ledger rows this period, checked by 8
 # clients, alone and with a quota change every second beside them
 BIG_ROWS=${BENCH_BIG_ROWS:-2000000}
