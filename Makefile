@@ -22,6 +22,7 @@ OBJS = \
 	src/cache_reserve.o \
 	src/cache_inval.o \
 	src/cache_stats.o \
+	src/alerts.o \
 	src/stripe.o \
 	src/format.o
 
@@ -34,11 +35,11 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions nulls cache_stats access
+REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions thresholds nulls cache_stats access
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end threshold_race
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

@@ -405,6 +405,8 @@ tm_enter(const TmCacheKey *key, uint32 hash)
 		pg_atomic_init_u32(&e->pending[1], 0);
 		pg_atomic_init_u64(&e->reserved, 0);
 		pg_atomic_init_u64(&e->used, 0);
+		e->nthresholds = 0;
+		pg_atomic_init_u32(&e->alerted, 0);
 		pg_atomic_init_u64(&e->last_access, (uint64) GetCurrentTransactionStartTimestamp());
 		tm_ring_add(e);
 	}
@@ -459,6 +461,10 @@ tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
 	of->warning_percent = e->warning_percent;
 	of->period.start = e->period_start;
 	of->period.end = e->period_end;
+	of->nthresholds = e->nthresholds;
+	memcpy(of->thresholds, e->thresholds, sizeof(int32) * e->nthresholds);
+	of->alerted = pg_atomic_read_u32(&e->alerted);
+	of->alerted_known = true;
 	sums->used = TM_GET(e->used);
 	sums->granted = e->granted;
 	sums->reserved = TM_GET(e->reserved);

@@ -77,6 +77,11 @@ typedef struct TmEntry
 	bool		has_warning;
 	int32		warning_percent;
 	pg_atomic_uint64 last_access;
+	int32		nthresholds;	/* alert_thresholds, lowest first */
+	int32		thresholds[TM_MAX_THRESHOLDS];
+	pg_atomic_uint32 alerted;	/* bit i: thresholds[i]'s event of the period
+								 * is committed (set bits may be missing,
+								 * never wrong) */
 	uint64		changes;		/* a new tm_shared->change_seq value at creation
 								 * and at each invalidation that reaches it */
 	int32		slot;			/* its place in the eviction ring, or -1 */
@@ -236,6 +241,7 @@ extern TmLocal *tm_local_entry(const TmCacheKey *key, uint32 hash);
 extern int64 tm_own_amount(const TmCacheKey *key, const TmOrgFeature *of);
 extern void tm_add_own(const TmCacheKey *key, const TmOrgFeature *of, TmSums *sums);
 extern void tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved);
+extern void tm_entry_set_alerted(TmEntry *e, uint32 mask);
 
 /* cache_inval.c */
 extern void tm_inval_org(const char *org_id, bool usage);

@@ -144,7 +144,16 @@ tm_entry_set_config(TmEntry *e, const TmOrgFeature *of, int64 granted)
 	e->unlimited = of->unlimited;
 	e->has_warning = of->has_warning;
 	e->warning_percent = of->warning_percent;
+	e->nthresholds = of->nthresholds;
+	memcpy(e->thresholds, of->thresholds, sizeof(int32) * of->nthresholds);
 	strlcpy(e->tier_id, of->tier_id, TM_KEY_LEN);
+}
+
+/* The events known for the entry's thresholds (caller holds its lock). */
+void
+tm_entry_set_alerted(TmEntry *e, uint32 mask)
+{
+	pg_atomic_write_u32(&e->alerted, mask);
 }
 
 /*
@@ -165,6 +174,8 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	uint64		changes0 = 0;
 	Snapshot	snapshot;
 	int64		granted;
+	int64		used_now;
+	uint32		alerted;
 	bool		installed = false;
 
 	LWLockAcquire(lock, LW_SHARED);
@@ -181,6 +192,11 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 	snapshot->curcid = FirstCommandId;
 	tm_lookup(of, org_id, feature, snapshot, cxt);
 	granted = tm_grants(of, snapshot);
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	used_now = e != NULL ? TM_GET(e->used) : 0;
+	LWLockRelease(lock);
+	alerted = tm_alerted_for_build(of, used_now, granted, snapshot);
 	UnregisterSnapshot(snapshot);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
@@ -193,6 +209,7 @@ tm_refresh_config(const TmCacheKey *key, uint32 hash, const char *org_id,
 		bool		existed = e->org_exists;
 
 		tm_entry_set_config(e, of, granted);
+		tm_entry_set_alerted(e, alerted);
 		/* created meanwhile by a commit this snapshot did not see */
 		e->org_exists |= existed;
 		e->config_stale = false;
@@ -271,6 +288,8 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 		snapshot->curcid = FirstCommandId;
 		tm_lookup(of, org_id, feature, snapshot, cxt);
 		*sums = tm_sums(of, snapshot, true);
+		of->alerted = tm_alerted_for_build(of, sums->used, sums->granted, snapshot);
+		of->alerted_known = true;
 
 		/*
 		 * A commit visible to the snapshot may not have done its COMMIT step
@@ -299,6 +318,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 			e->period_end = of->period.end;
 			e->is_gauge = of->is_gauge;
 			tm_entry_set_config(e, of, sums->granted);
+			tm_entry_set_alerted(e, of->alerted);
 			installed = clean && !b->spoiled &&
 				strlen(of->tier_id) < TM_KEY_LEN &&
 				pg_atomic_read_u32(&tm_shared->unregistered) == 0;

@@ -51,6 +51,25 @@ typedef struct TmLocalIter
 	bool		in_hash;
 	HASH_SEQ_STATUS seq;
 } TmLocalIter;
+/*
+ * threshold_reached events this transaction wrote or found, by key: applied
+ * to the entries at COMMIT; those of a subtransaction that rolls back are
+ * dropped (subtransaction ids grow, so its records and its children's are
+ * the ones at or above its id).
+ */
+typedef struct TmAlertNote
+{
+	TmCacheKey	key;
+	uint32		hash;
+	TimestampTz ps;
+	int32		percent;
+	SubTransactionId subid;
+} TmAlertNote;
+
+static TmAlertNote *tm_alerts = NULL;
+static int	tm_nalerts = 0;
+static int	tm_maxalerts = 0;
+
 static TmUndo *tm_undo = NULL;
 static int	tm_nundo = 0;
 static int	tm_maxundo = 0;
@@ -204,6 +223,71 @@ tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved)
 	u->reserved = reserved;
 }
 
+/* Notes threshold events this transaction wrote or found, for the commit. */
+void
+tm_cache_note_alerted(const TmCacheKey *key, uint32 hash, TimestampTz ps,
+					  const int32 *percents, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		TmAlertNote *a;
+
+		tm_alerts = tm_grow(tm_alerts, tm_nalerts, &tm_maxalerts, sizeof(TmAlertNote));
+		a = &tm_alerts[tm_nalerts++];
+		a->key = *key;
+		a->hash = hash;
+		a->ps = ps;
+		a->percent = percents[i];
+		a->subid = GetCurrentSubTransactionId();
+	}
+}
+
+/* The thresholds of of whose events this transaction wrote (or found). */
+uint32
+tm_cache_own_alerted(const TmCacheKey *key, const TmOrgFeature *of)
+{
+	uint32		mask = 0;
+	int			i;
+	int			j;
+
+	for (i = 0; i < tm_nalerts; i++)
+	{
+		TmAlertNote *a = &tm_alerts[i];
+
+		if (a->ps != of->period.start || memcmp(&a->key, key, sizeof(TmCacheKey)) != 0)
+			continue;
+		for (j = 0; j < of->nthresholds; j++)
+			if (of->thresholds[j] == a->percent)
+				mask |= ((uint32) 1) << j;
+	}
+	return mask;
+}
+
+/* At COMMIT: the entries learn of the events (they are visible now). */
+static void
+tm_apply_alerts(void)
+{
+	int			i;
+
+	for (i = 0; i < tm_nalerts; i++)
+	{
+		TmAlertNote *a = &tm_alerts[i];
+		LWLock	   *lock = tm_lock_for(a->hash);
+		TmEntry    *e;
+		int			j;
+
+		LWLockAcquire(lock, LW_SHARED);
+		e = hash_search_with_hash_value(tm_htab, &a->key, a->hash, HASH_FIND, NULL);
+		if (e != NULL && e->valid && e->period_start == a->ps)
+			for (j = 0; j < e->nthresholds; j++)
+				if (e->thresholds[j] == a->percent)
+					pg_atomic_fetch_or_u32(&e->alerted, ((uint32) 1) << j);
+		LWLockRelease(lock);
+	}
+}
+
 /* Notes usage this transaction recorded, to apply at commit. */
 void
 tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
@@ -249,6 +333,8 @@ tm_local_reset(void)
 	tm_nundo = tm_maxundo = 0;
 	tm_segs = NULL;
 	tm_nsegs = tm_maxsegs = 0;
+	tm_alerts = NULL;
+	tm_nalerts = tm_maxalerts = 0;
 	tm_inval_all = false;
 	tm_inval_all_usage = false;
 	tm_inval_orgs = NULL;
@@ -399,6 +485,8 @@ tm_end_xact(bool commit)
 				pg_atomic_fetch_sub_u32(&e->pending[l->reg_epoch & 1], 1);
 			LWLockRelease(lock);
 		}
+		if (commit && tm_nalerts > 0)
+			tm_apply_alerts();
 	}
 	tm_commit_xid = InvalidTransactionId;
 	tm_local_reset();
@@ -438,6 +526,17 @@ tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	TmUndoSeg  *seg;
 	int			i;
+
+	/* its threshold events are rolled back: forget them */
+	if (event == SUBXACT_EVENT_ABORT_SUB && tm_nalerts > 0)
+	{
+		int			keep = 0;
+
+		for (i = 0; i < tm_nalerts; i++)
+			if (tm_alerts[i].subid < mySubid)
+				tm_alerts[keep++] = tm_alerts[i];
+		tm_nalerts = keep;
+	}
 
 	/* the innermost subtransaction's records, if it made any, come last */
 	if (tm_nsegs == 0 || tm_segs[tm_nsegs - 1].subid != mySubid)

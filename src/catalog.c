@@ -17,6 +17,7 @@
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "parser/scansup.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/syscache.h"
@@ -48,7 +49,9 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota"
 		"            ELSE COALESCE(tq.quota, 0) END,"
 		"       (SELECT pg_catalog.min(a.percent) FROM tiermeter.alert_thresholds a"
-		"         WHERE a.percent" LT "100)"
+		"         WHERE a.percent" LT "100),"
+		"       (SELECT pg_catalog.array_agg(a.percent ORDER BY a.percent)"
+		"          FROM tiermeter.alert_thresholds a)"
 		"  FROM tiermeter.features f"
 		"  LEFT JOIN tiermeter.orgs o ON o.org_id" EQ "$1"
 		"  LEFT JOIN tiermeter.tiers t ON t.tier_id" EQ
@@ -97,6 +100,19 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		" WHERE g.org_id" EQ "$1 AND g.feature" EQ "$2"
 		"   AND g.granted_at" GE "$3 AND g.granted_at" LT "$4",
 		4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[TM_PLAN_ALERTED] = {
+		"SELECT e.threshold FROM tiermeter.limit_events e"
+		" WHERE e.kind" EQ "'threshold_reached' AND e.org_id" EQ "$1"
+		"   AND e.feature" EQ "$2 AND e.period_start" EQ "$3",
+		3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	},
+	[TM_PLAN_INSERT_ALERT] = {
+		"INSERT INTO tiermeter.limit_events (org_id, kind, feature, threshold, period_start, payload)"
+		" VALUES ($1, 'threshold_reached', $2, $3, $4, $5::pg_catalog.jsonb)"
+		" ON CONFLICT (org_id, feature, period_start, threshold)"
+		"   WHERE kind" EQ "'threshold_reached' DO NOTHING",
+		5, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID}
 	},
 	[TM_PLAN_KEY_EXISTS] = {
 		"SELECT u.feature, u.amount FROM tiermeter.usage_log u"
@@ -374,6 +390,26 @@ tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 	d = SPI_getbinval(tup, desc, 9, &isnull);
 	of->has_warning = !isnull;
 	of->warning_percent = isnull ? 0 : DatumGetInt32(d);
+
+	/* the lowest TM_MAX_THRESHOLDS thresholds, ascending */
+	of->nthresholds = 0;
+	of->alerted_known = false;
+	of->alerted = 0;
+	d = SPI_getbinval(tup, desc, 10, &isnull);
+	if (!isnull)
+	{
+		ArrayType  *arr = DatumGetArrayTypeP(d);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+		int			i;
+
+		deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
+						  &elems, &nulls, &n);
+		for (i = 0; i < n && of->nthresholds < TM_MAX_THRESHOLDS; i++)
+			if (!nulls[i])
+				of->thresholds[of->nthresholds++] = DatumGetInt32(elems[i]);
+	}
 }
 
 /*

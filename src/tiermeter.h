@@ -16,6 +16,8 @@
  *				this transaction recorded, applied at commit),
  *				cache_reserve.c (consume's reservations), cache_inval.c
  *				(invalidation of config)
+ *	alerts.c	threshold_reached events, once per org, feature, period and
+ *				threshold
  *	stripe.c	verify_stripe_signature
  *	format.c	format_duration
  */
@@ -99,8 +101,13 @@ typedef enum TmPlanId
 	TM_PLAN_INSERT_USAGE_KEYED,
 	TM_PLAN_KEY_EXISTS,
 	TM_PLAN_GRANTS,
+	TM_PLAN_ALERTED,
+	TM_PLAN_INSERT_ALERT,
 	TM_NUM_PLANS
 } TmPlanId;
+
+/* alert thresholds that get threshold_reached events: the lowest ones */
+#define TM_MAX_THRESHOLDS	8
 
 /* What one call needs to know about an org and a feature. */
 typedef struct TmOrgFeature
@@ -117,6 +124,11 @@ typedef struct TmOrgFeature
 	bool		has_warning;	/* is there a threshold below 100? */
 	int32		warning_percent;
 	TmPeriod	period;			/* the period containing now() */
+	int			nthresholds;	/* alert_thresholds, lowest first */
+	int32		thresholds[TM_MAX_THRESHOLDS];
+	bool		alerted_known;	/* alerted is known (from the cache) */
+	uint32		alerted;		/* bit i: thresholds[i]'s event of this
+								 * period is committed */
 } TmOrgFeature;
 
 /* Usage and grants summed for one org, feature and period. */
@@ -199,5 +211,15 @@ extern void tm_cache_unreserve(const TmCacheKey *key, uint32 hash, int64 amount)
 extern void tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
 						  int64 amount, TimestampTz occurred_at, bool created_org);
 extern int64 tm_cache_reserved_by_others(const TmCacheKey *key, uint32 hash);
+extern void tm_cache_note_alerted(const TmCacheKey *key, uint32 hash, TimestampTz ps,
+								  const int32 *percents, int n);
+extern uint32 tm_cache_own_alerted(const TmCacheKey *key, const TmOrgFeature *of);
+
+/* alerts.c: threshold_reached events */
+extern uint32 tm_alerted_mask(const TmOrgFeature *of, Snapshot snapshot);
+extern uint32 tm_alerted_for_build(const TmOrgFeature *of, int64 used, int64 granted,
+								   Snapshot snapshot);
+extern void tm_alert(TmOrgFeature *of, const TmSums *sums, const TmCacheKey *key,
+					 uint32 hash, bool cached);
 
 #endif							/* TIERMETER_H */

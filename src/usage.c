@@ -264,6 +264,7 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 	TimestampTz occurred_at;
 	TmOwnerSave save;
 	bool		created;
+	bool		inserted;
 
 	tm_call_args(&c, fcinfo);
 	occurred_at = PG_ARGISNULL(5) ? now : PG_GETARG_TIMESTAMPTZ(5);
@@ -285,9 +286,11 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 		!(c.key != NULL && tm_key_exists(&c, tm_latest_snapshot())))
 		tm_check_gauge_floor(&c);
 	created = tm_call_ensure_org(&c);
-	(void) tm_record(&c, occurred_at, created);
+	inserted = tm_record(&c, occurred_at, created);
 	if (!c.cached)
 		c.sums = tm_sums(&c.of, InvalidSnapshot, false);
+	if (inserted && tm_in_period(&c.of, occurred_at))
+		tm_alert(&c.of, &c.sums, &c.ckey, c.hash, c.cached);
 	tm_spi_end(&save);
 
 	PG_RETURN_DATUM(tm_status_datum(fcinfo, &c.of, &c.sums, TM_REASON_AUTO));
@@ -395,10 +398,14 @@ tiermeter_consume(PG_FUNCTION_ARGS)
 	if (outcome == TM_REASON_RECORDED)
 	{
 		/* false: the same key, recorded meanwhile by another call */
-		if (!tm_record(&c, now, created) && c.reserved)
+		bool		inserted = tm_record(&c, now, created);
+
+		if (!inserted && c.reserved)
 			tm_cache_unreserve(&c.ckey, c.hash, c.amount);
 		if (!c.cached)
 			c.sums = tm_sums(&c.of, tm_latest_snapshot(), false);
+		if (inserted)
+			tm_alert(&c.of, &c.sums, &c.ckey, c.hash, c.cached);
 	}
 	tm_spi_end(&save);
 
