@@ -1320,8 +1320,10 @@ CREATE TABLE @extschema@.sessions (
 	duration_seconds	bigint NOT NULL DEFAULT 0 CHECK (duration_seconds >= 0),
 	ended_at			timestamptz,
 	PRIMARY KEY (org_id, conversation_id)
-);
-CREATE INDEX sessions_open ON @extschema@.sessions (org_id, idle_until) WHERE ended_at IS NULL;
+) WITH (fillfactor = 50);
+-- a touch changes no indexed column (nor ended_at, in the predicate) and
+-- the pages keep room: its UPDATE is HOT, with no new index entries
+CREATE INDEX sessions_open ON @extschema@.sessions (org_id) WHERE ended_at IS NULL;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.sessions', '');
 REVOKE ALL ON TABLE @extschema@.sessions FROM PUBLIC;
 COMMENT ON TABLE @extschema@.sessions IS 'Conversation sessions by (org_id, conversation_id): start, last touch, counted duration, the idle_timeout in force when begun, and the end. Written by the session functions only.';
@@ -1338,24 +1340,32 @@ COMMENT ON TABLE @extschema@._session_slots IS 'Internal: one row per org whose 
 
 -- The org's session limits (its tier's, or the default tier's for an org
 -- not created yet).
+-- (The session helpers are PL/pgSQL, not SQL: a SQL function with a SET
+-- clause is planned again in every transaction, PL/pgSQL keeps its plans.
+-- They run only under the public session functions, which pin search_path,
+-- or for the owner; without a SET clause of their own a call costs no
+-- configuration change.)
 CREATE FUNCTION @extschema@._session_limits(org_id text,
 	OUT max_session_seconds bigint, OUT max_active_sessions integer)
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
 	SELECT t.max_session_seconds, t.max_active_sessions
+	  INTO max_session_seconds, max_active_sessions
 	  FROM @extschema@.tiers t
-	 WHERE t.tier_id = coalesce((SELECT o.tier_id FROM @extschema@.orgs o WHERE o.org_id = $1),
-								(SELECT d.tier_id FROM @extschema@.tiers d WHERE d.is_default))
-$$;
+	 WHERE t.tier_id = coalesce((SELECT o.tier_id FROM @extschema@.orgs o WHERE o.org_id = _session_limits.org_id),
+								(SELECT d.tier_id FROM @extschema@.tiers d WHERE d.is_default));
+END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_limits(text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_limits(text) IS 'Internal: the session limits of the org''s tier (NULL = unlimited).';
 
 CREATE FUNCTION @extschema@._active_sessions(org_id text, at timestamptz, except_conversation text)
 RETURNS integer
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT count(*)::integer FROM @extschema@.sessions s
-	 WHERE s.org_id = $1 AND s.ended_at IS NULL AND s.idle_until >= $2
-	   AND s.conversation_id IS DISTINCT FROM $3
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+	RETURN (SELECT count(*)::integer FROM @extschema@.sessions s
+			 WHERE s.org_id = _active_sessions.org_id AND s.ended_at IS NULL AND s.idle_until >= at
+			   AND s.conversation_id IS DISTINCT FROM except_conversation);
+END $$;
 REVOKE ALL ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) IS 'Internal: the org''s sessions active at a time (not ended, last touched at most their idle_timeout before), leaving one conversation out.';
 
@@ -1366,7 +1376,7 @@ COMMENT ON FUNCTION @extschema@._active_sessions(text, timestamptz, text) IS 'In
 CREATE FUNCTION @extschema@._session_status(org_id text, conversation_id text,
 	s @extschema@.sessions, lim @extschema@.limit_status, at timestamptz, refused text)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
 	r		@extschema@.session_status;
 	caps	record;
@@ -1404,7 +1414,7 @@ COMMENT ON FUNCTION @extschema@._session_status(text, text, @extschema@.sessions
 CREATE FUNCTION @extschema@._session_admission(org_id text, conversation_id text,
 	lim @extschema@.limit_status, at timestamptz)
 RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
 	caps	record;
 BEGIN
@@ -1421,13 +1431,17 @@ END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_admission(text, text, @extschema@.limit_status, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_admission(text, text, @extschema@.limit_status, timestamptz) IS 'Internal: whether an org may take one more active session (NULL) or why not.';
 
--- Takes the org's admission lock (a row lock held to the end of the
--- transaction).
+-- Takes the org's admission lock, to the end of the transaction: the org's
+-- session advisory lock exclusively (touches hold it shared), then the row
+-- of _session_slots (under REPEATABLE READ, updating a row another
+-- admission changed after the snapshot fails to serialize).
 CREATE FUNCTION @extschema@._session_lock(org_id text, at timestamptz) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
-	INSERT INTO @extschema@._session_slots AS l (org_id, taken_at) VALUES ($1, $2)
-	ON CONFLICT (org_id) DO UPDATE SET taken_at = EXCLUDED.taken_at
-$$;
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+BEGIN
+	PERFORM pg_advisory_xact_lock(1953330533, hashtext(org_id));
+	INSERT INTO @extschema@._session_slots AS l (org_id, taken_at) VALUES (org_id, at)
+	ON CONFLICT ON CONSTRAINT _session_slots_pkey DO UPDATE SET taken_at = EXCLUDED.taken_at;
+END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_lock(text, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_lock(text, timestamptz) IS 'Internal: locks the org''s session admissions until the transaction ends.';
 
@@ -1435,9 +1449,10 @@ COMMENT ON FUNCTION @extschema@._session_lock(text, timestamptz) IS 'Internal: l
 -- to the last touch plus the idle timeout if the session went idle, in
 -- whole seconds.
 CREATE FUNCTION @extschema@._session_accrual(s @extschema@.sessions, at timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT greatest(floor(extract(epoch FROM least($2, $1.idle_until) - $1.accrued_to)), 0)::bigint
-$$;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+	RETURN greatest(floor(extract(epoch FROM least(at, s.idle_until) - s.accrued_to)), 0)::bigint;
+END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_accrual(@extschema@.sessions, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_accrual(@extschema@.sessions, timestamptz) IS 'Internal: the whole seconds of active time a touch adds to a session.';
 
@@ -1446,7 +1461,7 @@ COMMENT ON FUNCTION @extschema@._session_accrual(@extschema@.sessions, timestamp
 -- and the org's limit_status after it.  The caller holds the row locked.
 CREATE FUNCTION @extschema@._session_accrue(INOUT s @extschema@.sessions, at timestamptz,
 	OUT lim @extschema@.limit_status)
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
 DECLARE
 	delta	bigint := @extschema@._session_accrual(s, at);
 BEGIN
@@ -1471,12 +1486,12 @@ COMMENT ON FUNCTION @extschema@._session_accrue(@extschema@.sessions, timestampt
 -- then the session row).  An error 22023 for an unknown or ended session.
 CREATE FUNCTION @extschema@._session_open(org_id text, conversation_id text, admit boolean,
 	INOUT at timestamptz, OUT s @extschema@.sessions)
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
 DECLARE
 	exclusive	boolean := false;
 BEGIN
-	PERFORM @extschema@._require_id(org_id, 'org_id');
-	PERFORM @extschema@._require_id(conversation_id, 'conversation_id');
+	org_id := @extschema@._require_id(org_id, 'org_id');
+	conversation_id := @extschema@._require_id(conversation_id, 'conversation_id');
 	IF NOT isfinite(at) THEN
 		RAISE EXCEPTION 'tiermeter: at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -1487,7 +1502,7 @@ BEGIN
 		IF exclusive THEN
 			PERFORM @extschema@._session_lock(org_id, coalesce(at, clock_timestamp()));
 		ELSE
-			PERFORM 1 FROM @extschema@._session_slots l WHERE l.org_id = _session_open.org_id FOR SHARE;
+			PERFORM pg_advisory_xact_lock_shared(1953330533, hashtext(org_id));
 		END IF;
 	END IF;
 	IF s.org_id IS NOT NULL THEN
@@ -1515,7 +1530,7 @@ COMMENT ON FUNCTION @extschema@._session_open(text, text, boolean, timestamptz) 
 -- touch_session at a given moment (NULL: the clock, the public function).
 CREATE FUNCTION @extschema@._touch_session(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS $$
 DECLARE
 	o		record := @extschema@._session_open(org_id, conversation_id, true, at);
 	s		@extschema@.sessions := o.s;
@@ -1550,7 +1565,7 @@ COMMENT ON FUNCTION @extschema@._touch_session(text, text, timestamptz) IS 'Inte
 -- lock is held).
 CREATE FUNCTION @extschema@._begin_session(org_id text, conversation_id text, user_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS $$
 DECLARE
 	s		@extschema@.sessions;
 	lim		@extschema@.limit_status;
@@ -1617,7 +1632,7 @@ COMMENT ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) IS
 -- end_session at a given moment (NULL: the clock).
 CREATE FUNCTION @extschema@._end_session(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS $$
 DECLARE
 	o		record := @extschema@._session_open(org_id, conversation_id, false, at);
 	s		@extschema@.sessions := o.s;
@@ -1642,7 +1657,7 @@ COMMENT ON FUNCTION @extschema@._end_session(text, text, timestamptz) IS 'Intern
 -- check_session_limits at a given moment (NULL: the clock): writes nothing.
 CREATE FUNCTION @extschema@._check_session_limits(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT AS $$
 DECLARE
 	s		@extschema@.sessions;
 	lim		@extschema@.limit_status;
@@ -1673,37 +1688,41 @@ COMMENT ON FUNCTION @extschema@._check_session_limits(text, text, timestamptz) I
 
 CREATE FUNCTION @extschema@.begin_session(org_id text, conversation_id text, user_id text DEFAULT NULL)
 RETURNS @extschema@.session_status
-LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._begin_session($1, $2, $3, NULL)
-$$;
+BEGIN
+	RETURN @extschema@._begin_session(org_id, conversation_id, user_id, NULL);
+END $$;
 REVOKE ALL ON FUNCTION @extschema@.begin_session(text, text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.begin_session(text, text, text) IS 'Admits a conversation unless the monthly quota is spent (limit_exceeded) or the org has max_active_sessions active sessions (too_many_active_sessions); then nothing is created. Idempotent.';
 
 CREATE FUNCTION @extschema@.touch_session(org_id text, conversation_id text)
 RETURNS @extschema@.session_status
-LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._touch_session($1, $2, NULL)
-$$;
+BEGIN
+	RETURN @extschema@._touch_session(org_id, conversation_id, NULL);
+END $$;
 REVOKE ALL ON FUNCTION @extschema@.touch_session(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.touch_session(text, text) IS 'Adds the active time since the last touch (at most tiermeter.idle_timeout) to the session and to conversation_seconds usage; an idle session is re-admitted as begin_session would.';
 
 CREATE FUNCTION @extschema@.end_session(org_id text, conversation_id text)
 RETURNS @extschema@.session_status
-LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._end_session($1, $2, NULL)
-$$;
+BEGIN
+	RETURN @extschema@._end_session(org_id, conversation_id, NULL);
+END $$;
 REVOKE ALL ON FUNCTION @extschema@.end_session(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.end_session(text, text) IS 'Ends a session: a last touch, then its slot is free.';
 
 CREATE FUNCTION @extschema@.check_session_limits(org_id text, conversation_id text)
 RETURNS @extschema@.session_status
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-	SELECT @extschema@._check_session_limits($1, $2, NULL)
-$$;
+BEGIN
+	RETURN @extschema@._check_session_limits(org_id, conversation_id, NULL);
+END $$;
 REVOKE ALL ON FUNCTION @extschema@.check_session_limits(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.check_session_limits(text, text) IS 'Read-only: the session''s status now (with the active time a touch would add), or whether begin_session would admit it.';
 
