@@ -148,14 +148,23 @@ SELECT tiermeter.check_session_limits(NULL, 'x');
 SELECT tiermeter._touch_session('s-1', 'c', 'infinity');
 SELECT count(*) AS s5_rows FROM tiermeter.sessions WHERE org_id = 's-5';
 
--- rollover ends the sessions idle by as_of (at the moment they went idle),
--- with nothing more counted
-SELECT count(*) FILTER (WHERE ended_at IS NULL) AS open_before FROM tiermeter.sessions;
-SELECT tiermeter.rollover(pg_temp.at(200)) >= 0 AS ran;
-SELECT count(*) FILTER (WHERE ended_at IS NULL AND idle_until < pg_temp.at(200)) AS idle_left_open,
-       count(*) FILTER (WHERE ended_at IS NULL) AS active_left_open,
-       bool_and(ended_at = idle_until) FILTER (WHERE org_id = 's-2') AS g_ended_when_idle
+-- rollover ends the sessions idle by now, at the moment they went idle,
+-- counting their time up to then (as a touch would): s-7's session, begun
+-- an hour ago with a 10 s timeout and touched after 4 s, went idle at 14 s:
+-- its 10 s after the touch count, and it ends then
+SET tiermeter.idle_timeout = 10;
+SELECT allowed FROM tiermeter._begin_session('s-7', 'old', NULL, now() - interval '1 hour');
+SELECT duration_seconds FROM tiermeter._touch_session('s-7', 'old', now() - interval '1 hour' + interval '4 s');
+RESET tiermeter.idle_timeout;
+SELECT count(*) FILTER (WHERE ended_at IS NULL AND idle_until < clock_timestamp()) AS idle_open_before
   FROM tiermeter.sessions;
+SELECT tiermeter.rollover() >= 0 AS ran;
+SELECT count(*) FILTER (WHERE ended_at IS NULL AND idle_until < clock_timestamp()) AS idle_left_open,
+       count(*) FILTER (WHERE ended_at IS NULL AND idle_until >= clock_timestamp()) > 0 AS active_left_open
+  FROM tiermeter.sessions;
+SELECT duration_seconds, ended_at = idle_until AS ended_when_idle
+  FROM tiermeter.sessions WHERE org_id = 's-7';
+SELECT tiermeter._touch_session('s-7', 'old', now());
 
 -- every second of every session is in the ledger, with its conversation
 SELECT s.org_id, sum(s.duration_seconds) AS durations,

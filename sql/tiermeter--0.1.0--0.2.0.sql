@@ -1438,9 +1438,15 @@ COMMENT ON FUNCTION @extschema@._session_admission(text, text, @extschema@.limit
 CREATE FUNCTION @extschema@._session_lock(org_id text, at timestamptz) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
 BEGIN
-	PERFORM pg_advisory_xact_lock(1953330533, hashtext(org_id));
+	PERFORM pg_catalog.pg_advisory_xact_lock(1953330533, pg_catalog.hashtext(org_id));
 	INSERT INTO @extschema@._session_slots AS l (org_id, taken_at) VALUES (org_id, at)
 	ON CONFLICT ON CONSTRAINT _session_slots_pkey DO UPDATE SET taken_at = EXCLUDED.taken_at;
+	IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+		-- an older snapshot may miss a touch that extended a session since:
+		-- locking the open sessions fails to serialize if one changed
+		PERFORM 1 FROM @extschema@.sessions x
+		 WHERE x.org_id = _session_lock.org_id AND x.ended_at IS NULL FOR SHARE;
+	END IF;
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_lock(text, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_lock(text, timestamptz) IS 'Internal: locks the org''s session admissions until the transaction ends.';
@@ -1467,9 +1473,9 @@ DECLARE
 BEGIN
 	IF delta > 0 THEN
 		lim := @extschema@.record_usage(s.org_id, delta, 'conversation_seconds', s.conversation_id,
-										NULL, s.accrued_to + make_interval(secs => delta));
+										NULL, s.accrued_to + pg_catalog.make_interval(secs => delta::float8));
 		s.duration_seconds := s.duration_seconds + delta;
-		s.accrued_to := s.accrued_to + make_interval(secs => delta);
+		s.accrued_to := s.accrued_to + pg_catalog.make_interval(secs => delta::float8);
 	ELSE
 		lim := @extschema@.check_org_limits(s.org_id, 'conversation_seconds');
 	END IF;
@@ -1497,15 +1503,14 @@ BEGIN
 	END IF;
 	SELECT * INTO s FROM @extschema@.sessions x
 	 WHERE x.org_id = _session_open.org_id AND x.conversation_id = _session_open.conversation_id;
-	IF s.org_id IS NOT NULL AND s.ended_at IS NULL AND admit THEN
-		exclusive := s.idle_until < coalesce(at, clock_timestamp()) + interval '5 s';
+	IF s.org_id IS NOT NULL AND s.ended_at IS NULL THEN
+		-- the org's locks first, always (end_session too: it takes the row)
+		exclusive := admit AND s.idle_until < coalesce(at, pg_catalog.clock_timestamp()) + interval '5 s';
 		IF exclusive THEN
-			PERFORM @extschema@._session_lock(org_id, coalesce(at, clock_timestamp()));
+			PERFORM @extschema@._session_lock(org_id, coalesce(at, pg_catalog.clock_timestamp()));
 		ELSE
-			PERFORM pg_advisory_xact_lock_shared(1953330533, hashtext(org_id));
+			PERFORM pg_catalog.pg_advisory_xact_lock_shared(1953330533, pg_catalog.hashtext(org_id));
 		END IF;
-	END IF;
-	IF s.org_id IS NOT NULL THEN
 		SELECT * INTO s FROM @extschema@.sessions x
 		 WHERE x.org_id = _session_open.org_id AND x.conversation_id = _session_open.conversation_id
 		   FOR UPDATE;
@@ -1517,10 +1522,17 @@ BEGIN
 								ELSE 'Its session has ended.' END,
 				  HINT = 'Begin it with tiermeter.begin_session(org_id, conversation_id).';
 	END IF;
-	at := coalesce(at, clock_timestamp());
+	at := coalesce(at, pg_catalog.clock_timestamp());
 	IF admit AND NOT exclusive AND s.idle_until < at THEN
 		-- it went idle while we waited for the locks (rare): re-admission
-		-- needs the exclusive lock
+		-- needs the admission lock, and waiting for it while holding the
+		-- shared one could deadlock with another such touch: retry instead
+		IF NOT pg_catalog.pg_try_advisory_xact_lock(1953330533, pg_catalog.hashtext(org_id)) THEN
+			RAISE EXCEPTION 'tiermeter: could not re-admit the idle session of conversation "%" of org "%"', conversation_id, org_id
+				USING ERRCODE = 'serialization_failure',
+					  DETAIL = 'It went idle while the call waited for an admission of the org.',
+					  HINT = 'Retry the transaction.';
+		END IF;
 		PERFORM @extschema@._session_lock(org_id, at);
 	END IF;
 END $$;
@@ -1530,7 +1542,7 @@ COMMENT ON FUNCTION @extschema@._session_open(text, text, boolean, timestamptz) 
 -- touch_session at a given moment (NULL: the clock, the public function).
 CREATE FUNCTION @extschema@._touch_session(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	o		record := @extschema@._session_open(org_id, conversation_id, true, at);
 	s		@extschema@.sessions := o.s;
@@ -1547,7 +1559,7 @@ BEGIN
 	END IF;
 	IF refused IS NULL THEN
 		s.last_active_at := greatest(s.last_active_at, now_);
-		s.idle_until := s.last_active_at + make_interval(secs => s.idle_timeout);
+		s.idle_until := s.last_active_at + pg_catalog.make_interval(secs => s.idle_timeout);
 		IF NOT active THEN
 			s.accrued_to := now_;
 		END IF;
@@ -1565,7 +1577,7 @@ COMMENT ON FUNCTION @extschema@._touch_session(text, text, timestamptz) IS 'Inte
 -- lock is held).
 CREATE FUNCTION @extschema@._begin_session(org_id text, conversation_id text, user_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	s		@extschema@.sessions;
 	lim		@extschema@.limit_status;
@@ -1613,7 +1625,7 @@ BEGIN
 		-- an ended conversation begun again: its duration goes on
 		UPDATE @extschema@.sessions x
 		   SET ended_at = NULL, last_active_at = at, accrued_to = at, idle_timeout = tmo,
-			   idle_until = at + make_interval(secs => tmo),
+			   idle_until = at + pg_catalog.make_interval(secs => tmo),
 			   user_id = coalesce(_begin_session.user_id, x.user_id)
 		 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id
 		RETURNING * INTO s;
@@ -1621,7 +1633,7 @@ BEGIN
 		INSERT INTO @extschema@.sessions AS x
 			(org_id, conversation_id, user_id, started_at, last_active_at, accrued_to,
 			 idle_timeout, idle_until)
-		VALUES (org_id, conversation_id, user_id, at, at, at, tmo, at + make_interval(secs => tmo))
+		VALUES (org_id, conversation_id, user_id, at, at, at, tmo, at + pg_catalog.make_interval(secs => tmo))
 		RETURNING * INTO s;
 	END IF;
 	RETURN @extschema@._session_status(org_id, conversation_id, s, lim, at, NULL);
@@ -1632,7 +1644,7 @@ COMMENT ON FUNCTION @extschema@._begin_session(text, text, text, timestamptz) IS
 -- end_session at a given moment (NULL: the clock).
 CREATE FUNCTION @extschema@._end_session(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	o		record := @extschema@._session_open(org_id, conversation_id, false, at);
 	s		@extschema@.sessions := o.s;
@@ -1657,7 +1669,7 @@ COMMENT ON FUNCTION @extschema@._end_session(text, text, timestamptz) IS 'Intern
 -- check_session_limits at a given moment (NULL: the clock): writes nothing.
 CREATE FUNCTION @extschema@._check_session_limits(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT AS $$
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	s		@extschema@.sessions;
 	lim		@extschema@.limit_status;
@@ -1726,13 +1738,15 @@ END $$;
 REVOKE ALL ON FUNCTION @extschema@.check_session_limits(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.check_session_limits(text, text) IS 'Read-only: the session''s status now (with the active time a touch would add), or whether begin_session would admit it.';
 
--- rollover also ends the sessions idle by as_of (at the moment they went
--- idle, with nothing more counted: a touch would have counted the gap).
+-- rollover also ends the sessions idle by now (at the moment they went
+-- idle, counting their time up to then, as a touch or end_session would).
 CREATE OR REPLACE FUNCTION @extschema@.rollover(as_of timestamptz DEFAULT now()) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	moved	bigint;
+	s		@extschema@.sessions;
+	acc		record;
 BEGIN
 	IF as_of IS NULL OR NOT isfinite(as_of) THEN
 		RAISE EXCEPTION 'tiermeter: as_of must be a finite timestamp'
@@ -1750,10 +1764,19 @@ BEGIN
 	 WHERE o.period_end <= as_of;
 	GET DIAGNOSTICS moved = ROW_COUNT;
 	-- idle sessions are not active whether or not this runs; ending them
-	-- keeps the index of open sessions small
-	UPDATE @extschema@.sessions s
-	   SET ended_at = s.idle_until
-	 WHERE s.ended_at IS NULL AND s.idle_until < as_of;
+	-- keeps the index of open sessions small.  Idle by now, whatever as_of
+	-- (which may be in the future): their time counts up to when they went
+	-- idle, as a touch would count it; a busy session is left to its caller
+	FOR s IN SELECT * FROM @extschema@.sessions x
+			  WHERE x.ended_at IS NULL AND x.idle_until < least(as_of, clock_timestamp())
+			  FOR UPDATE SKIP LOCKED
+	LOOP
+		acc := @extschema@._session_accrue(s, s.idle_until);
+		UPDATE @extschema@.sessions x
+		   SET accrued_to = (acc.s).accrued_to, duration_seconds = (acc.s).duration_seconds,
+			   ended_at = x.idle_until
+		 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id;
+	END LOOP;
 	RETURN moved;
 END $$;
-COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of, and ends the sessions idle by then; returns how many orgs moved. Housekeeping: limits never depend on it. One runner at a time.';
+COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of, and ends the sessions idle by now (counting their time up to then); returns how many orgs moved. Housekeeping: limits never depend on it. One runner at a time.';

@@ -5,10 +5,11 @@
  *		transaction that records usage and sees the threshold reached (its
  *		own usage included).
  *
- * Exactly once: the rows are inserted with ON CONFLICT DO NOTHING on the
- * unique index limit_events_threshold_once, so of concurrent crossers the
- * first inserts and the others wait for it, then insert nothing, or insert
- * if it rolled back.  A crossing rolled back (with its transaction or its
+ * Exactly once, and no writer ever waits: a crosser tries a transaction
+ * advisory lock of the event; the one that gets it looks again (a previous
+ * holder's commit is visible before its lock is released) and inserts it if
+ * it is still missing (ON CONFLICT DO NOTHING on the unique index
+ * limit_events_threshold_once); the others go on without it.  A crossing rolled back (with its transaction or its
  * savepoint) leaves no row, and the next writer that sees the threshold
  * reached writes it.  Each row sends NOTIFY tiermeter through the table's
  * trigger.
@@ -20,9 +21,16 @@
  */
 #include "tiermeter.h"
 
+#include "common/hashfn.h"
+#include "miscadmin.h"
 #include "common/int128.h"
+#include "lib/stringinfo.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
+
+/* advisory lock space of the event locks (usage.c uses 3) */
+#define TM_ALERT_LOCK_SPACE	4
 
 /* Is used at least percent % of quota?  Exact, whatever the magnitudes. */
 static bool
@@ -34,6 +42,29 @@ tm_reached(int64 used, int64 quota, int32 percent)
 	int128_add_int64_mul_int64(&lhs, used, 100);
 	int128_add_int64_mul_int64(&rhs, quota, percent);
 	return int128_compare(lhs, rhs) >= 0;
+}
+
+/*
+ * Tries the lock of one event (org, feature, period, threshold), held to the
+ * end of the transaction; false if another transaction holds it.
+ */
+static bool
+tm_alert_lock(const TmOrgFeature *of, int32 threshold)
+{
+	LOCKTAG		tag;
+	StringInfoData key;
+	uint64		h;
+
+	initStringInfo(&key);
+	appendBinaryStringInfo(&key, of->org_id, strlen(of->org_id) + 1);
+	appendBinaryStringInfo(&key, of->feature, strlen(of->feature) + 1);
+	appendBinaryStringInfo(&key, (const char *) &of->period.start, sizeof(TimestampTz));
+	appendBinaryStringInfo(&key, (const char *) &threshold, sizeof(int32));
+	h = hash_bytes_extended((const unsigned char *) key.data, key.len, 0);
+	pfree(key.data);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, TM_ALERT_LOCK_SPACE);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 /*
@@ -132,6 +163,21 @@ tm_alert(TmOrgFeature *of, const TmSums *sums, const TmCacheKey *key, uint32 has
 
 		if (!(reached & bit))
 			continue;
+		if (!(known & bit))
+		{
+			/*
+			 * Never wait for another crosser: whoever holds this event's lock
+			 * writes it (or, if it rolls back, a later writer does).  Its
+			 * commit is visible before its lock goes, so a holder looks again.
+			 */
+			if (!tm_alert_lock(of, of->thresholds[i]))
+				continue;
+			if (tm_alerted_mask(of, tm_latest_snapshot()) & bit)
+			{
+				percents[n++] = of->thresholds[i];
+				continue;
+			}
+		}
 		if (!(known & bit))
 		{
 			Datum		values[5];
