@@ -48,8 +48,6 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		"            ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END,"
 		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota"
 		"            ELSE COALESCE(tq.quota, 0) END,"
-		"       (SELECT pg_catalog.min(a.percent) FROM tiermeter.alert_thresholds a"
-		"         WHERE a.percent" LT "100),"
 		"       (SELECT pg_catalog.array_agg(a.percent ORDER BY a.percent)"
 		"          FROM tiermeter.alert_thresholds a)"
 		"  FROM tiermeter.features f"
@@ -387,15 +385,16 @@ tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 	of->unlimited = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	d = SPI_getbinval(tup, desc, 8, &isnull);
 	of->base_quota = isnull ? 0 : DatumGetInt64(d);
-	d = SPI_getbinval(tup, desc, 9, &isnull);
-	of->has_warning = !isnull;
-	of->warning_percent = isnull ? 0 : DatumGetInt32(d);
-
-	/* the lowest TM_MAX_THRESHOLDS thresholds, ascending */
+	/*
+	 * alert_thresholds, ascending: the lowest below 100 sets warning, the
+	 * lowest TM_MAX_THRESHOLDS get threshold events
+	 */
+	of->has_warning = false;
+	of->warning_percent = 0;
 	of->nthresholds = 0;
 	of->alerted_known = false;
 	of->alerted = 0;
-	d = SPI_getbinval(tup, desc, 10, &isnull);
+	d = SPI_getbinval(tup, desc, 9, &isnull);
 	if (!isnull)
 	{
 		ArrayType  *arr = DatumGetArrayTypeP(d);
@@ -406,9 +405,20 @@ tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 
 		deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
 						  &elems, &nulls, &n);
-		for (i = 0; i < n && of->nthresholds < TM_MAX_THRESHOLDS; i++)
-			if (!nulls[i])
-				of->thresholds[of->nthresholds++] = DatumGetInt32(elems[i]);
+		for (i = 0; i < n; i++)
+		{
+			int32		t = DatumGetInt32(elems[i]);
+
+			if (nulls[i])
+				continue;
+			if (i == 0 && t < 100)
+			{
+				of->has_warning = true;
+				of->warning_percent = t;
+			}
+			if (of->nthresholds < TM_MAX_THRESHOLDS)
+				of->thresholds[of->nthresholds++] = t;
+		}
 	}
 }
 
