@@ -99,6 +99,7 @@ SELECT tiermeter.apply_subscription_event('{}');
 SELECT tiermeter.verify_stripe_signature('{}', 't=1,v1=00', 'whsec_x');
 SELECT tiermeter.usage_stats('acc-1');
 SELECT tiermeter.cache_stats();
+SELECT count(*) FROM tiermeter.org_usage;
 SELECT tiermeter.rollover();
 SELECT tiermeter.schedule_rollover();
 SELECT tiermeter._ensure_org('acc-1');
@@ -179,6 +180,9 @@ SET ROLE tm_reader;
 SELECT tiermeter.usage_stats('acc-1')->'usage' AS usage;
 SELECT tiermeter.format_duration(3900);
 SELECT capacity >= 0 AS cache_stats_readable FROM tiermeter.cache_stats();
+SELECT org_id, feature, used FROM tiermeter.org_usage WHERE org_id = 'acc-1' AND feature = 'conversation_seconds';
+SELECT count(*) >= 0 AS readable FROM tiermeter.tier_summary;
+SELECT count(*) >= 0 AS readable FROM tiermeter.orgs_near_limit;
 SELECT tiermeter.cache_stats_reset();
 SELECT org_id, kind, payload->>'from' AS from_tier, payload->>'to' AS to_tier
   FROM tiermeter.limit_events WHERE org_id LIKE 'acc-%' ORDER BY id;

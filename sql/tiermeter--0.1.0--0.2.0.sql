@@ -176,7 +176,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.usage_stats(text)'),
 		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.format_duration(bigint)'),
 		('reader', 'SELECT', 'TABLE', '@extschema@.limit_events'),
-		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.cache_stats()')
+		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.cache_stats()'),
+		-- the views compute periods with it, as their reader
+		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.period_bounds(timestamptz, timestamptz, timestamptz, timestamptz)'),
+		('reader', 'SELECT', 'TABLE', '@extschema@.org_usage'),
+		('reader', 'SELECT', 'TABLE', '@extschema@.tier_summary'),
+		('reader', 'SELECT', 'TABLE', '@extschema@.orgs_near_limit')
 	  ) AS p(lvl, privilege, kind, object)
 	 WHERE p.lvl = level OR (level = 'billing' AND p.lvl = 'app')
 $$;
@@ -1780,3 +1785,68 @@ BEGIN
 	RETURN moved;
 END $$;
 COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of, and ends the sessions idle by now (counting their time up to then); returns how many orgs moved. Housekeeping: limits never depend on it. One runner at a time.';
+
+------------------------------------------------------------------------------
+-- Analysts' views (docs/reference.md, "Views"): from the tables, not the
+-- cache, as the functions' answers.
+------------------------------------------------------------------------------
+
+-- The current period of every org and feature: what check_org_limits
+-- answers, for all of them at once.
+CREATE VIEW @extschema@.org_usage AS
+SELECT o.org_id, o.tier_id AS tier, f.feature, p.period_start, p.period_end,
+	   u.used, q.quota,
+	   CASE WHEN q.quota IS NOT NULL THEN greatest(q.quota - u.used, 0) END AS remaining,
+	   CASE WHEN q.quota IS NULL THEN 0.00::numeric
+			WHEN q.quota = 0 THEN 100.00::numeric
+			-- round(100 * used / quota, 2), half up, exactly; in hundredths
+			-- it saturates at the end of bigint, as check_org_limits does
+			ELSE round(least(div(u.used::numeric * 20000 + q.quota, 2::numeric * q.quota),
+							 9223372036854775807) * 0.01, 2)
+	   END AS percent_used
+  FROM @extschema@.orgs o
+ CROSS JOIN @extschema@.features f
+ CROSS JOIN LATERAL @extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end) p
+ CROSS JOIN LATERAL (
+	SELECT least(greatest(coalesce(sum(l.amount), 0), -9223372036854775808), 9223372036854775807)::bigint AS used
+	  FROM @extschema@.usage_log l
+	 WHERE l.org_id = o.org_id AND l.feature = f.feature
+	   AND (f.kind = 'gauge' OR (l.occurred_at >= p.period_start AND l.occurred_at < p.period_end))) u
+ CROSS JOIN LATERAL (
+	SELECT CASE WHEN CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL
+						  ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END THEN NULL
+				ELSE least(CASE WHEN oq.org_id IS NOT NULL THEN oq.quota ELSE coalesce(tq.quota, 0) END
+						   + coalesce((SELECT sum(g.amount) FROM @extschema@.usage_grants g
+									   WHERE g.org_id = o.org_id AND g.feature = f.feature
+										 AND g.granted_at >= p.period_start AND g.granted_at < p.period_end), 0),
+						   9223372036854775807)::bigint
+		   END AS quota
+	  FROM (SELECT 1) one
+	  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = o.org_id AND oq.feature = f.feature
+	  LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = o.tier_id AND tq.feature = f.feature) q;
+REVOKE ALL ON @extschema@.org_usage FROM PUBLIC;
+COMMENT ON VIEW @extschema@.org_usage IS 'The current period of every org and feature: used, quota (NULL = unlimited), remaining and percent_used, as check_org_limits answers them, from the tables.';
+
+-- Per tier and feature: how many orgs, their usage this period, how many
+-- are at their limit.
+CREATE VIEW @extschema@.tier_summary AS
+SELECT t.tier_id AS tier, f.feature, count(u.org_id) AS orgs,
+	   coalesce(sum(u.used), 0)::numeric AS total_used,
+	   round(avg(u.percent_used) FILTER (WHERE u.quota IS DISTINCT FROM 0), 2) AS avg_percent_used,
+	   count(u.org_id) FILTER (WHERE u.quota > 0 AND u.used >= u.quota) AS orgs_at_limit
+  FROM @extschema@.tiers t
+ CROSS JOIN @extschema@.features f
+  LEFT JOIN @extschema@.org_usage u ON u.tier = t.tier_id AND u.feature = f.feature
+ GROUP BY t.tier_id, t.rank, f.feature;
+REVOKE ALL ON @extschema@.tier_summary FROM PUBLIC;
+COMMENT ON VIEW @extschema@.tier_summary IS 'Per tier and feature: orgs on the tier, their total usage this period, the average percent_used of the orgs whose quota includes the feature (unlimited counts as 0), and how many are at or past a quota above 0.';
+
+-- Orgs at or past the lowest warning threshold (below 100) of a feature
+-- their tier includes.
+CREATE VIEW @extschema@.orgs_near_limit AS
+SELECT u.org_id, u.tier, u.feature, u.used, u.quota, u.percent_used
+  FROM @extschema@.org_usage u
+ WHERE u.quota > 0
+   AND u.percent_used >= (SELECT min(a.percent) FROM @extschema@.alert_thresholds a WHERE a.percent < 100);
+REVOKE ALL ON @extschema@.orgs_near_limit FROM PUBLIC;
+COMMENT ON VIEW @extschema@.orgs_near_limit IS 'Orgs whose usage of a feature their tier includes (quota > 0) is at or past the lowest alert threshold below 100 this period.';

@@ -1,0 +1,40 @@
+-- The analysts' views: org_usage, tier_summary, orgs_near_limit.  They
+-- answer from the tables, as check_org_limits does, for every org at once.
+SET timezone = 'UTC';
+SELECT used FROM tiermeter.record_usage('v-1', 1000);
+SELECT used FROM tiermeter.record_usage('v-1', 2, 'users');
+SELECT used FROM tiermeter.record_usage('v-2', 3000);
+SELECT tiermeter.set_org_tier('v-3', 'enterprise');
+SELECT used FROM tiermeter.record_usage('v-3', 50000);
+SELECT tiermeter.set_org_quota('v-4', 'conversation_seconds', 100);
+SELECT used FROM tiermeter.record_usage('v-4', 150);
+SELECT used, quota FROM tiermeter.grant_usage('v-5', 600);
+SELECT used FROM tiermeter.record_usage('v-5', 4000);
+
+SELECT org_id, tier, feature, used, quota, remaining, percent_used
+  FROM tiermeter.org_usage
+ WHERE org_id LIKE 'v-%' AND feature IN ('conversation_seconds', 'users', 'reports')
+ ORDER BY org_id, feature;
+
+-- every row is what check_org_limits answers
+SELECT count(*) AS rows,
+       count(*) FILTER (WHERE (v.tier, v.period_start, v.period_end, v.used, v.quota, v.remaining, v.percent_used)
+                      IS DISTINCT FROM (c.tier, c.period_start, c.period_end, c.used, c.quota, c.remaining, c.percent_used)) AS different
+  FROM tiermeter.org_usage v, tiermeter.check_org_limits(v.org_id, v.feature) c;
+
+-- per tier and feature: a tier of its own, three orgs on it, one at its
+-- limit; a tier with no org has zeros
+INSERT INTO tiermeter.tiers (tier_id, display_name, rank, price_cents_monthly) VALUES ('vt', 'Views', 20, 0);
+INSERT INTO tiermeter.tier_quotas VALUES ('vt', 'conversation_seconds', 1000);
+INSERT INTO tiermeter.tiers (tier_id, display_name, rank, price_cents_monthly) VALUES ('vt-empty', 'Nobody', 21, 0);
+SELECT tiermeter.set_org_tier('v-' || i, 'vt') FROM generate_series(6, 8) i;
+SELECT used FROM tiermeter.record_usage('v-6', 100);
+SELECT used FROM tiermeter.record_usage('v-7', 450);
+SELECT used FROM tiermeter.record_usage('v-8', 1000);
+SELECT tier, feature, orgs, total_used, avg_percent_used, orgs_at_limit
+  FROM tiermeter.tier_summary
+ WHERE tier IN ('vt', 'vt-empty') AND feature IN ('conversation_seconds', 'reports') ORDER BY tier, feature;
+
+-- at or past 80 % of a feature the tier includes
+SELECT org_id, tier, feature, used, quota, percent_used
+  FROM tiermeter.orgs_near_limit WHERE org_id LIKE 'v-%' ORDER BY org_id, feature;
