@@ -16,8 +16,9 @@ SELECT org_id, tier, feature, used, quota, remaining, percent_used
  WHERE org_id LIKE 'v-%' AND feature IN ('conversation_seconds', 'users', 'reports')
  ORDER BY org_id, feature;
 
--- every row is what check_org_limits answers
-SELECT count(*) AS rows,
+-- every row is what check_org_limits answers (all orgs of the database:
+-- the ones this script made, and any others)
+SELECT count(*) FILTER (WHERE v.org_id LIKE 'v-%') AS rows_of_this_script,
        count(*) FILTER (WHERE (v.tier, v.period_start, v.period_end, v.used, v.quota, v.remaining, v.percent_used)
                       IS DISTINCT FROM (c.tier, c.period_start, c.period_end, c.used, c.quota, c.remaining, c.percent_used)) AS different
   FROM tiermeter.org_usage v, tiermeter.check_org_limits(v.org_id, v.feature) c;
