@@ -1,4 +1,5 @@
 # NOTIFY tiermeter: any role that can connect may LISTEN, so each limit event
+# (tier changes, unmapped Stripe events, thresholds reached)
 # is announced with its id and kind only; org ids and Stripe ids stay in
 # limit_events, readable by a role allowed to.
 use strict;
@@ -35,6 +36,28 @@ my $ids = $node->safe_psql('postgres',
 	"SELECT string_agg(format('{\"id\": %s, \"kind\": \"%s\"}', id, kind), '|' ORDER BY id) FROM tiermeter.limit_events");
 is(join('|', @payloads), $ids, 'each payload is exactly {"id", "kind"} of its limit_events row');
 unlike($out, qr/secret/, 'no org, customer, subscription or event id is announced');
+
+# a threshold crossed: one notification per threshold_reached row, sent
+# when the recording transaction commits, none when it rolls back
+($rc, $out, $err) = $node->psql('postgres', q{
+LISTEN tiermeter;
+BEGIN;
+SELECT used FROM tiermeter.record_usage('secret-org-2', 3000);
+ROLLBACK;
+SELECT 'after the rollback';
+SELECT used FROM tiermeter.record_usage('secret-org-2', 3600);
+SELECT used FROM tiermeter.record_usage('secret-org-2', 1);
+});
+is($rc, 0, 'usage recorded across the thresholds');
+my ($before, $after) = split /after the rollback/, $out;
+unlike($before, qr/Asynchronous notification/, 'a rolled-back crossing announces nothing');
+@payloads = $after =~ /Asynchronous notification "tiermeter" with payload "(.*)" received/g;
+is(join('|', @payloads), $node->safe_psql('postgres',
+	"SELECT string_agg(format('{\"id\": %s, \"kind\": \"%s\"}', id, kind), '|' ORDER BY id)
+	   FROM tiermeter.limit_events WHERE org_id = 'secret-org-2'"),
+	'the crossing of 80 and 100 % in one call: two notifications, id and kind only');
+is(scalar @payloads, 2, 'and no more for the calls after it');
+unlike($out, qr/secret/, 'no org id is announced');
 
 # the reader fetches the rest with its grant
 is($node->safe_psql('postgres',
