@@ -183,6 +183,7 @@ SELECT capacity >= 0 AS cache_stats_readable FROM tiermeter.cache_stats();
 SELECT org_id, feature, used FROM tiermeter.org_usage WHERE org_id = 'acc-1' AND feature = 'conversation_seconds';
 SELECT count(*) >= 0 AS readable FROM tiermeter.tier_summary;
 SELECT count(*) >= 0 AS readable FROM tiermeter.orgs_near_limit;
+SELECT org_id, feature, tier, used FROM tiermeter.usage_history WHERE org_id = 'acc-1' AND feature = 'conversation_seconds';
 SELECT tiermeter.cache_stats_reset();
 SELECT org_id, kind, payload->>'from' AS from_tier, payload->>'to' AS to_tier
   FROM tiermeter.limit_events WHERE org_id LIKE 'acc-%' ORDER BY id;

@@ -181,7 +181,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		('reader', 'EXECUTE', 'FUNCTION', '@extschema@.period_bounds(timestamptz, timestamptz, timestamptz, timestamptz)'),
 		('reader', 'SELECT', 'TABLE', '@extschema@.org_usage'),
 		('reader', 'SELECT', 'TABLE', '@extschema@.tier_summary'),
-		('reader', 'SELECT', 'TABLE', '@extschema@.orgs_near_limit')
+		('reader', 'SELECT', 'TABLE', '@extschema@.orgs_near_limit'),
+		('reader', 'SELECT', 'TABLE', '@extschema@.usage_history')
 	  ) AS p(lvl, privilege, kind, object)
 	 WHERE p.lvl = level OR (level = 'billing' AND p.lvl = 'app')
 $$;
@@ -1850,3 +1851,49 @@ SELECT u.org_id, u.tier, u.feature, u.used, u.quota, u.percent_used
    AND u.percent_used >= (SELECT min(a.percent) FROM @extschema@.alert_thresholds a WHERE a.percent < 100);
 REVOKE ALL ON @extschema@.orgs_near_limit FROM PUBLIC;
 COMMENT ON VIEW @extschema@.orgs_near_limit IS 'Orgs whose usage of a feature their tier includes (quota > 0) is at or past the lowest alert threshold below 100 this period.';
+
+-- One row per org, period feature and period: every period with usage,
+-- closed or open, and the open one of every org and period feature.
+CREATE VIEW @extschema@.usage_history AS
+WITH periods AS (
+	SELECT l.org_id, l.feature, p.period_start, p.period_end, sum(l.amount) AS used
+	  FROM @extschema@.usage_log l
+	  JOIN @extschema@.orgs o ON o.org_id = l.org_id
+	  JOIN @extschema@.features f ON f.feature = l.feature AND f.kind = 'period'
+	 CROSS JOIN LATERAL @extschema@.period_bounds(o.billing_anchor, l.occurred_at, o.period_start, o.period_end) p
+	 GROUP BY l.org_id, l.feature, p.period_start, p.period_end
+	UNION ALL
+	SELECT u.org_id, u.feature, u.period_start, u.period_end, 0
+	  FROM @extschema@.org_usage u
+	  JOIN @extschema@.features f ON f.feature = u.feature AND f.kind = 'period'
+), h AS (
+	SELECT org_id, feature, period_start, period_end,
+		   least(sum(used), 9223372036854775807)::bigint AS used
+	  FROM periods
+	 GROUP BY org_id, feature, period_start, period_end
+)
+SELECT h.org_id, h.feature, h.period_start, h.period_end, t.tier, h.used,
+	   CASE WHEN CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL
+					  ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END THEN NULL
+			ELSE least(CASE WHEN oq.org_id IS NOT NULL THEN oq.quota ELSE coalesce(tq.quota, 0) END
+					   + coalesce((SELECT sum(g.amount) FROM @extschema@.usage_grants g
+								   WHERE g.org_id = h.org_id AND g.feature = h.feature
+									 AND g.granted_at >= h.period_start AND g.granted_at < h.period_end), 0),
+					   9223372036854775807)::bigint
+	   END AS quota
+  FROM h
+ -- the tier at the period's end (or now): the last tier change before it,
+ -- else the tier the first change after it left, else the org's tier
+ CROSS JOIN LATERAL (
+	SELECT coalesce(
+		(SELECT e.payload->>'to' FROM @extschema@.limit_events e
+		  WHERE e.org_id = h.org_id AND e.kind = 'tier_changed' AND e.created_at < least(h.period_end, now())
+		  ORDER BY e.created_at DESC, e.id DESC LIMIT 1),
+		(SELECT e.payload->>'from' FROM @extschema@.limit_events e
+		  WHERE e.org_id = h.org_id AND e.kind = 'tier_changed' AND e.created_at >= least(h.period_end, now())
+		  ORDER BY e.created_at, e.id LIMIT 1),
+		(SELECT o.tier_id FROM @extschema@.orgs o WHERE o.org_id = h.org_id)) AS tier) t
+  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = h.org_id AND oq.feature = h.feature
+  LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = t.tier AND tq.feature = h.feature;
+REVOKE ALL ON @extschema@.usage_history FROM PUBLIC;
+COMMENT ON VIEW @extschema@.usage_history IS 'One row per org, period feature and monthly period, closed or open: its usage, the tier the org was on at the period''s end (from tier_changed events) and that tier''s quota as configured now (with the org''s override and the period''s grants).';

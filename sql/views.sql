@@ -39,3 +39,27 @@ SELECT tier, feature, orgs, total_used, avg_percent_used, orgs_at_limit
 -- at or past 80 % of a feature the tier includes
 SELECT org_id, tier, feature, used, quota, percent_used
   FROM tiermeter.orgs_near_limit WHERE org_id LIKE 'v-%' ORDER BY org_id, feature;
+
+-- usage_history: one row per org, period feature and period, closed or open.
+-- Usage dated last month lands in last month's row; the tier is the one the
+-- org was on at each period's end (its tier_changed events say when it moved)
+SELECT tiermeter.set_org_tier('v-9', 'basic');
+SELECT used FROM tiermeter.record_usage('v-9', 500);
+SELECT used FROM tiermeter.record_usage('v-9', 40,
+	occurred_at => (SELECT period_start FROM tiermeter.check_org_limits('v-9')) - interval '1 day');
+-- the org moved from free to basic this period: last period it was on free
+UPDATE tiermeter.limit_events SET created_at = (SELECT period_start FROM tiermeter.check_org_limits('v-9')) + interval '1 hour'
+ WHERE org_id = 'v-9' AND kind = 'tier_changed';
+SELECT h.period_start = c.period_start AS open_period, h.tier, h.used, h.quota
+  FROM tiermeter.usage_history h, tiermeter.check_org_limits('v-9') c
+ WHERE h.org_id = 'v-9' AND h.feature = 'conversation_seconds'
+ ORDER BY h.period_start;
+-- its other period features have their open row (no usage); gauges none
+SELECT count(*) FILTER (WHERE used = 0) AS empty_open_rows, bool_and(f.kind = 'period') AS only_period_features
+  FROM tiermeter.usage_history h JOIN tiermeter.features f USING (feature)
+ WHERE h.org_id = 'v-9';
+-- the open rows equal org_usage
+SELECT count(*) AS different
+  FROM tiermeter.usage_history h
+  JOIN tiermeter.org_usage u ON u.org_id = h.org_id AND u.feature = h.feature AND u.period_start = h.period_start
+ WHERE (h.used, h.quota) IS DISTINCT FROM (u.used, u.quota) AND h.tier = u.tier;
