@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d /tmp/tiermeter-tap.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cp -r test/t "$tmp/t"
+cp -r examples "$tmp/examples"		# the examples some tests run
 chmod 755 "$tmp"
 if [ "$(id -u)" -eq 0 ]; then
 	chown -R postgres "$tmp"
