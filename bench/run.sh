@@ -18,6 +18,8 @@ if [ -z "${PGPORT:-}" ]; then
 	# more orgs than the cache holds: a second cluster, its cache a third of them
 	BENCH_PART=misses virtualenv "${common[@]}" \
 		-o "tiermeter.cache_size=$(( ${BENCH_ORGS:-100000} / 3 ))" "$0" "$@"
+	# the analysts' views on 100k orgs and 10M ledger rows: a third cluster
+	BENCH_PART=views virtualenv "${common[@]}" "$0" "$@"
 	exit
 fi
 
@@ -85,6 +87,33 @@ line() {	# label name reference goal
 	printf '%-46s %9.0f %7s %9.0f %7s %6s   %s\n' "$1" "${TPS[$2]}" "${P99[$2]}" "${TPS[$3]}" "${P99[$3]}" "$(ratio "${TPS[$2]}" "${TPS[$3]}")" "$4"
 }
 header() { printf '%-46s %9s %7s %9s %7s %6s   %s\n' scenario tps 'p99 ms' 'ref tps' 'ref p99' ratio goal; }
+
+if [ "${BENCH_PART:-}" = views ]; then
+	ROWS=${BENCH_VIEW_ROWS:-10000000}
+	echo "tiermeter bench: the views, $ORGS orgs, $ROWS ledger rows over 12 months" >&2
+	# the setup above made the orgs; their ledger gets 12 months of rows
+	psql -X -q -v ON_ERROR_STOP=1 -d $DB <<SQL >/dev/null
+UPDATE tiermeter.orgs SET tier_id = (ARRAY['free', 'basic', 'professional', 'enterprise'])[1 + abs(hashtext(org_id)) % 4];
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+SELECT 'org-' || (1 + i % $ORGS), 'conversation_seconds', 1 + i % 30,
+       now() - (i % 360) * interval '1 day' - (i % 86400) * interval '1 second'
+  FROM generate_series(1, $ROWS) i;
+VACUUM ANALYZE;
+SQL
+	t0=$(date +%s%N)
+	# every column computed (a bare count(*) lets the planner skip them)
+	n=$(psql -X -q -A -t -d $DB -c "SELECT count(*) FROM (SELECT * FROM tiermeter.org_usage OFFSET 0) v
+		WHERE v.used IS NOT NULL AND v.percent_used IS NOT NULL AND (v.quota IS NULL OR v.remaining IS NOT NULL)")
+	t1=$(date +%s%N)
+	printf '\nSELECT * FROM org_usage (%s rows): %d ms\n' "$n" $(( (t1 - t0) / 1000000 ))
+	plan=$(psql -X -q -A -t -d $DB -c "EXPLAIN SELECT * FROM tiermeter.usage_history WHERE org_id = 'org-42'")
+	if grep -q 'Seq Scan on usage_log' <<<"$plan"; then seq=yes; else seq=no; fi
+	echo "usage_history WHERE org_id = \$1: sequential scan of the ledger in its plan: $seq"
+	script history '\set o random(1, '"$ORGS"')' "SELECT count(*) FROM tiermeter.usage_history WHERE org_id = 'org-' || :o;"
+	run history 8
+	printf 'usage_history WHERE org_id = $1, 8 clients: %.0f tps, p99 %s ms\n' "${TPS[history]}" "${P99[history]}"
+	exit 0
+fi
 
 if [ "${BENCH_PART:-}" = misses ]; then
 	echo "tiermeter bench: $ORGS orgs, 3 x tiermeter.cache_size, uniform random, ${SECS}s per run" >&2
