@@ -132,6 +132,22 @@ tm_alerted_for_build(const TmOrgFeature *of, int64 used, int64 granted, Snapshot
 	return tm_alerted_mask(of, snapshot);
 }
 
+/* Inserts one event (its lock held, so no concurrent writer of it). */
+static void
+tm_alert_insert(const TmOrgFeature *of, const TmSums *sums, int32 threshold)
+{
+	Datum		values[5];
+
+	values[0] = CStringGetTextDatum(of->org_id);
+	values[1] = CStringGetTextDatum(of->feature);
+	values[2] = Int32GetDatum(threshold);
+	values[3] = TimestampTzGetDatum(of->period.start);
+	values[4] = CStringGetTextDatum(psprintf("{\"used\": " INT64_FORMAT ", \"quota\": " INT64_FORMAT "}",
+											 sums->used, tm_add_sat(of->base_quota, sums->granted)));
+	if (SPI_execute_plan(tm_plan(TM_PLAN_INSERT_ALERT), values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "tiermeter: writing a threshold event failed");
+}
+
 /*
  * After this call recorded usage: writes the threshold_reached events the
  * period's usage now reaches and that are not known to exist.  Inside SPI,
@@ -163,36 +179,17 @@ tm_alert(TmOrgFeature *of, const TmSums *sums, const TmCacheKey *key, uint32 has
 
 		if (!(reached & bit))
 			continue;
+		/*
+		 * Never wait for another crosser: whoever holds this event's lock
+		 * writes it (or, if it rolls back, a later writer does).  Its commit
+		 * is visible before its lock goes, so a holder looks again.
+		 */
 		if (!(known & bit))
 		{
-			/*
-			 * Never wait for another crosser: whoever holds this event's lock
-			 * writes it (or, if it rolls back, a later writer does).  Its
-			 * commit is visible before its lock goes, so a holder looks again.
-			 */
 			if (!tm_alert_lock(of, of->thresholds[i]))
 				continue;
-			if (tm_alerted_mask(of, tm_latest_snapshot()) & bit)
-			{
-				percents[n++] = of->thresholds[i];
-				continue;
-			}
-		}
-		if (!(known & bit))
-		{
-			Datum		values[5];
-			char	   *payload;
-
-			payload = psprintf("{\"used\": " INT64_FORMAT ", \"quota\": " INT64_FORMAT "}",
-							   sums->used, tm_add_sat(of->base_quota, sums->granted));
-			values[0] = CStringGetTextDatum(of->org_id);
-			values[1] = CStringGetTextDatum(of->feature);
-			values[2] = Int32GetDatum(of->thresholds[i]);
-			values[3] = TimestampTzGetDatum(of->period.start);
-			values[4] = CStringGetTextDatum(payload);
-			/* waits for a concurrent crosser of the same threshold */
-			if (SPI_execute_plan(tm_plan(TM_PLAN_INSERT_ALERT), values, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "tiermeter: writing a threshold event failed");
+			if (!(tm_alerted_mask(of, tm_latest_snapshot()) & bit))
+				tm_alert_insert(of, sums, of->thresholds[i]);
 		}
 		percents[n++] = of->thresholds[i];
 	}
