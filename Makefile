@@ -23,6 +23,7 @@ OBJS = \
 	src/cache_inval.o \
 	src/cache_stats.o \
 	src/alerts.o \
+	src/session.o \
 	src/stripe.o \
 	src/format.o
 

@@ -166,6 +166,60 @@ SELECT duration_seconds, ended_at = idle_until AS ended_when_idle
   FROM tiermeter.sessions WHERE org_id = 's-7';
 SELECT tiermeter._touch_session('s-7', 'old', now());
 
+-- A touch of an active session far from its idle timeout (5 s or more)
+-- takes a way of its own, in C; every other touch, and every call of
+-- _touch_session_admit, the PL/pgSQL way (counted with track_functions).
+-- Both give the same status: each is tried in a subtransaction, then
+-- undone.  s-8: the tiny tier (60 s per session, 100 s a month) and a 300 s
+-- timeout; s-9: unlimited.
+SET track_functions = 'pl';
+CREATE FUNCTION pg_temp.both_ways(org text, conv text, secs numeric)
+RETURNS TABLE (c_way tiermeter.session_status, in_c boolean, same boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+	plpgsql_way	tiermeter.session_status;
+	admits		bigint := coalesce(pg_stat_get_xact_function_calls(
+						'tiermeter._touch_session_admit(text,text,timestamptz)'::regprocedure), 0);
+BEGIN
+	BEGIN
+		c_way := tiermeter._touch_session(org, conv, pg_temp.at(secs));
+		in_c := coalesce(pg_stat_get_xact_function_calls(
+					'tiermeter._touch_session_admit(text,text,timestamptz)'::regprocedure), 0) = admits;
+		RAISE EXCEPTION 'undo';
+	EXCEPTION WHEN raise_exception THEN
+	END;
+	BEGIN
+		plpgsql_way := tiermeter._touch_session_admit(org, conv, pg_temp.at(secs));
+		RAISE EXCEPTION 'undo';
+	EXCEPTION WHEN raise_exception THEN
+	END;
+	same := c_way IS NOT DISTINCT FROM plpgsql_way;
+	RETURN NEXT;
+END $$;
+SET tiermeter.idle_timeout = 300;
+SELECT tiermeter.set_org_tier('s-8', 'tiny');
+SELECT tiermeter.set_org_tier('s-9', 'enterprise');
+SELECT allowed FROM tiermeter._begin_session('s-8', 'x', NULL, pg_temp.at(0));
+SELECT allowed FROM tiermeter._begin_session('s-8', 'y', NULL, pg_temp.at(0));
+SELECT allowed FROM tiermeter._begin_session('s-9', 'x', NULL, pg_temp.at(0));
+RESET tiermeter.idle_timeout;
+-- mid-session; at the session's length (60 s); past the monthly quota too
+-- (100 s); no time since the last touch; unlimited; near the idle timeout
+-- (the PL/pgSQL way both times)
+SELECT secs, (w.c_way).allowed, (w.c_way).reason, (w.c_way).active, (w.c_way).duration_seconds,
+       (w.c_way).session_remaining, (w.c_way).active_sessions, (w.c_way).used, (w.c_way).quota,
+       (w.c_way).last_active_at = pg_temp.at(secs) AS last_is_at, w.in_c, w.same
+  FROM (VALUES (20), (70), (130), (0)) v(secs), pg_temp.both_ways('s-8', 'x', v.secs) w;
+SELECT (w.c_way).allowed, (w.c_way).session_quota, (w.c_way).max_active_sessions,
+       (w.c_way).duration_seconds, (w.c_way).quota, w.in_c, w.same
+  FROM pg_temp.both_ways('s-9', 'x', 40) w;
+SELECT (w.c_way).allowed, (w.c_way).duration_seconds, w.in_c, w.same
+  FROM pg_temp.both_ways('s-8', 'y', 297) w;
+-- undone: nothing was counted
+SELECT sum(duration_seconds) AS durations FROM tiermeter.sessions WHERE org_id IN ('s-8', 's-9');
+SELECT (tiermeter.check_org_limits('s-8')).used AS s8_used;
+RESET track_functions;
+
 -- every second of every session is in the ledger, with its conversation
 SELECT s.org_id, sum(s.duration_seconds) AS durations,
        (SELECT coalesce(sum(u.amount), 0) FROM tiermeter.usage_log u

@@ -1545,8 +1545,11 @@ END $$;
 REVOKE ALL ON FUNCTION @extschema@._session_open(text, text, boolean, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._session_open(text, text, boolean, timestamptz) IS 'Internal: the locked row of an open session and the moment of the call, or error 22023 for an unknown or ended one.';
 
--- touch_session at a given moment (NULL: the clock, the public function).
-CREATE FUNCTION @extschema@._touch_session(org_id text, conversation_id text, at timestamptz)
+-- Every case of touch_session at a given moment (NULL: the clock).  The C
+-- function _touch_session (below) handles the common one, an active session
+-- not near its idle timeout, itself, and hands this one every other: the
+-- touches that may re-admit an idle session, and unknown or ended sessions.
+CREATE FUNCTION @extschema@._touch_session_admit(org_id text, conversation_id text, at timestamptz)
 RETURNS @extschema@.session_status
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1576,6 +1579,17 @@ BEGIN
 	 WHERE x.org_id = s.org_id AND x.conversation_id = s.conversation_id;
 	RETURN @extschema@._session_status(org_id, conversation_id, s, acc.lim, now_, refused);
 END $$;
+REVOKE ALL ON FUNCTION @extschema@._touch_session_admit(text, text, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._touch_session_admit(text, text, timestamptz) IS 'Internal: every case of touch_session at a given moment, or at the clock (NULL), in PL/pgSQL; _touch_session hands it those that may re-admit an idle session, and unknown or ended sessions.';
+
+-- touch_session at a given moment (NULL: the clock).  In C: a touch of an
+-- active session takes the org's session lock shared, its row, records the
+-- active time as record_usage does and updates the row; the rest goes to
+-- _touch_session_admit.
+CREATE FUNCTION @extschema@._touch_session(org_id text, conversation_id text, at timestamptz)
+RETURNS @extschema@.session_status
+AS 'MODULE_PATHNAME', 'tiermeter_touch_session'
+LANGUAGE C VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT;
 REVOKE ALL ON FUNCTION @extschema@._touch_session(text, text, timestamptz) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._touch_session(text, text, timestamptz) IS 'Internal: touch_session at a given moment (tests), or at the clock (NULL).';
 
@@ -1614,7 +1628,7 @@ BEGIN
 			RETURN @extschema@._session_status(org_id, conversation_id, s,
 				@extschema@.check_org_limits(org_id, 'conversation_seconds'), at, NULL);
 		END IF;
-		RETURN @extschema@._touch_session(org_id, conversation_id, at);
+		RETURN @extschema@._touch_session_admit(org_id, conversation_id, at);
 	END IF;
 	lim := @extschema@.check_org_limits(org_id, 'conversation_seconds');
 	refused := @extschema@._session_admission(org_id, conversation_id, lim, at);
@@ -1714,13 +1728,12 @@ END $$;
 REVOKE ALL ON FUNCTION @extschema@.begin_session(text, text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.begin_session(text, text, text) IS 'Admits a conversation unless the monthly quota is spent (limit_exceeded) or the org has max_active_sessions active sessions (too_many_active_sessions); then nothing is created. Idempotent.';
 
+-- (C, like record_usage: its queries run as the schema's owner, fully
+-- qualified, whatever the caller's search_path)
 CREATE FUNCTION @extschema@.touch_session(org_id text, conversation_id text)
 RETURNS @extschema@.session_status
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-	RETURN @extschema@._touch_session(org_id, conversation_id, NULL);
-END $$;
+AS 'MODULE_PATHNAME', 'tiermeter_touch_session'
+LANGUAGE C VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT;
 REVOKE ALL ON FUNCTION @extschema@.touch_session(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.touch_session(text, text) IS 'Adds the active time since the last touch (at most tiermeter.idle_timeout) to the session and to conversation_seconds usage; an idle session is re-admitted as begin_session would.';
 

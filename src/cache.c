@@ -465,6 +465,8 @@ tm_entry_copy(TmEntry *e, TmOrgFeature *of, TmSums *sums,
 	memcpy(of->thresholds, e->thresholds, sizeof(int32) * e->nthresholds);
 	of->alerted = pg_atomic_read_u32(&e->alerted);
 	of->alerted_known = true;
+	of->max_session_seconds = e->max_session_seconds;
+	of->max_active_sessions = e->max_active_sessions;
 	sums->used = TM_GET(e->used);
 	sums->granted = e->granted;
 	sums->reserved = TM_GET(e->reserved);

@@ -85,6 +85,8 @@ typedef struct TmEntry
 	uint64		changes;		/* a new tm_shared->change_seq value at creation
 								 * and at each invalidation that reaches it */
 	int32		slot;			/* its place in the eviction ring, or -1 */
+	int64		max_session_seconds;	/* the tier's session limits (-1: */
+	int32		max_active_sessions;	/* unlimited) */
 	char		tier_id[TM_KEY_LEN];
 } TmEntry;
 

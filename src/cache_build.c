@@ -146,6 +146,8 @@ tm_entry_set_config(TmEntry *e, const TmOrgFeature *of, int64 granted)
 	e->warning_percent = of->warning_percent;
 	e->nthresholds = of->nthresholds;
 	memcpy(e->thresholds, of->thresholds, sizeof(int32) * of->nthresholds);
+	e->max_session_seconds = of->max_session_seconds;
+	e->max_active_sessions = of->max_active_sessions;
 	strlcpy(e->tier_id, of->tier_id, TM_KEY_LEN);
 }
 

@@ -49,7 +49,8 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota"
 		"            ELSE COALESCE(tq.quota, 0) END,"
 		"       (SELECT pg_catalog.array_agg(a.percent ORDER BY a.percent)"
-		"          FROM tiermeter.alert_thresholds a)"
+		"          FROM tiermeter.alert_thresholds a),"
+		"       t.max_session_seconds, t.max_active_sessions"
 		"  FROM tiermeter.features f"
 		"  LEFT JOIN tiermeter.orgs o ON o.org_id" EQ "$1"
 		"  LEFT JOIN tiermeter.tiers t ON t.tier_id" EQ
@@ -111,6 +112,25 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		" ON CONFLICT (org_id, feature, period_start, threshold)"
 		"   WHERE kind" EQ "'threshold_reached' DO NOTHING",
 		5, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[TM_PLAN_SESSION_LOCK] = {
+		"SELECT s.started_at, s.last_active_at, s.accrued_to, s.idle_timeout, s.idle_until,"
+		"       s.duration_seconds"
+		"  FROM tiermeter.sessions s"
+		" WHERE s.org_id" EQ "$1 AND s.conversation_id" EQ "$2"
+		"   AND s.ended_at IS NULL AND s.idle_until" GE "$3"
+		"   FOR UPDATE OF s",
+		3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	},
+	[TM_PLAN_SESSION_UPDATE] = {
+		"UPDATE tiermeter.sessions s"
+		"   SET last_active_at = $3, accrued_to = $4, idle_until = $5, duration_seconds = $6"
+		" WHERE s.org_id" EQ "$1 AND s.conversation_id" EQ "$2",
+		6, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID}
+	},
+	[TM_PLAN_SESSION_ADMIT] = {
+		"SELECT tiermeter._touch_session_admit($1, $2, $3)",
+		3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
 	},
 	[TM_PLAN_KEY_EXISTS] = {
 		"SELECT u.feature, u.amount FROM tiermeter.usage_log u"
@@ -385,6 +405,10 @@ tm_lookup(TmOrgFeature *of, const char *org_id, const char *feature,
 	of->unlimited = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 	d = SPI_getbinval(tup, desc, 8, &isnull);
 	of->base_quota = isnull ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(tup, desc, 10, &isnull);
+	of->max_session_seconds = isnull ? -1 : DatumGetInt64(d);
+	d = SPI_getbinval(tup, desc, 11, &isnull);
+	of->max_active_sessions = isnull ? -1 : DatumGetInt32(d);
 	/*
 	 * alert_thresholds, ascending: the lowest below 100 sets warning, the
 	 * lowest TM_MAX_THRESHOLDS get threshold events

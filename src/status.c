@@ -51,6 +51,43 @@ tm_percent_hundredths(int64 used, int64 quota)
 	return (int64) q;
 }
 
+/*
+ * The descriptor of a C function's composite result, made once per query
+ * (fn_extra lives in fn_mcxt).  It must have natts columns, or natts_old (a
+ * database whose SQL is still at an older version of the type).
+ */
+TupleDesc
+tm_result_desc(FunctionCallInfo fcinfo, const char *type, int natts, int natts_old)
+{
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+
+	if (tupdesc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "tiermeter: return type must be a row type");
+		if (tupdesc->natts != natts && tupdesc->natts != natts_old)
+			elog(ERROR, "tiermeter: %s has %d columns, expected %d",
+				 type, tupdesc->natts, natts);
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		fcinfo->flinfo->fn_extra = tupdesc;
+		MemoryContextSwitchTo(old);
+	}
+	return tupdesc;
+}
+
+/*
+ * The quota in force (tier quota or override plus grants; 0 when
+ * unlimited), and whether used is below it: limit_status's allowed.
+ */
+bool
+tm_limit_allowed(const TmOrgFeature *of, const TmSums *sums, int64 *quota)
+{
+	*quota = of->unlimited ? 0 : tm_add_sat(of->base_quota, sums->granted);
+	return of->unlimited || sums->used < *quota;
+}
+
 Datum
 tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 				const TmSums *sums, TmReason mode)
@@ -62,39 +99,15 @@ tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 	int64		pct;
 	bool		allowed;
 
-	/* the result descriptor, once per query (fn_extra lives in fn_mcxt) */
-	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	if (tupdesc == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "tiermeter: return type must be a row type");
-		if (tupdesc->natts != LS_NATTS && tupdesc->natts != LS_NATTS_0_1)
-			elog(ERROR, "tiermeter: limit_status has %d columns, expected %d",
-				 tupdesc->natts, LS_NATTS);
-		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		fcinfo->flinfo->fn_extra = tupdesc;
-		MemoryContextSwitchTo(old);
-	}
+	tupdesc = tm_result_desc(fcinfo, "limit_status", LS_NATTS, LS_NATTS_0_1);
 
 	memset(nulls, 0, sizeof(nulls));
 
-	if (!of->unlimited)
-		quota = tm_add_sat(of->base_quota, sums->granted);
-
-	switch (mode)
-	{
-		case TM_REASON_RECORDED:
-			allowed = true;
-			break;
-		case TM_REASON_REFUSED:
-			allowed = false;
-			break;
-		default:
-			allowed = of->unlimited || sums->used < quota;
-			break;
-	}
+	allowed = tm_limit_allowed(of, sums, &quota);
+	if (mode == TM_REASON_RECORDED)
+		allowed = true;
+	else if (mode == TM_REASON_REFUSED)
+		allowed = false;
 
 	if (of->unlimited)
 		pct = 0;

@@ -18,6 +18,7 @@
  *				(invalidation of config)
  *	alerts.c	threshold_reached events, once per org, feature, period and
  *				threshold
+ *	session.c	touch_session's common case (the rest is PL/pgSQL)
  *	stripe.c	verify_stripe_signature
  *	format.c	format_duration
  */
@@ -103,6 +104,9 @@ typedef enum TmPlanId
 	TM_PLAN_GRANTS,
 	TM_PLAN_ALERTED,
 	TM_PLAN_INSERT_ALERT,
+	TM_PLAN_SESSION_LOCK,
+	TM_PLAN_SESSION_UPDATE,
+	TM_PLAN_SESSION_ADMIT,
 	TM_NUM_PLANS
 } TmPlanId;
 
@@ -129,6 +133,8 @@ typedef struct TmOrgFeature
 	bool		alerted_known;	/* alerted is known (from the cache) */
 	uint32		alerted;		/* bit i: thresholds[i]'s event of this
 								 * period is committed */
+	int64		max_session_seconds;	/* the tier's session limits, -1 when */
+	int32		max_active_sessions;	/* unlimited (NULL) */
 } TmOrgFeature;
 
 /* Usage and grants summed for one org, feature and period. */
@@ -172,6 +178,16 @@ typedef enum TmReason
 
 extern Datum tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 							 const TmSums *sums, TmReason mode);
+extern TupleDesc tm_result_desc(FunctionCallInfo fcinfo, const char *type, int natts,
+								int natts_old);
+extern bool tm_limit_allowed(const TmOrgFeature *of, const TmSums *sums, int64 *quota);
+
+/* limits.c, usage.c: for the other C functions */
+extern void tm_check_limits(const char *org_id, const char *feature, TmOrgFeature *of,
+							TmSums *sums, MemoryContext cxt);
+extern void tm_record_usage(const char *org_id, int64 amount, const char *feature,
+							const char *conversation_id, TimestampTz occurred_at,
+							TmOrgFeature *of, TmSums *sums, MemoryContext cxt);
 
 /* cache.c: the shared-memory counter cache */
 #define TM_KEY_LEN 64			/* longer org ids and features are not cached */

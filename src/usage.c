@@ -252,6 +252,67 @@ tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 	return inserted;
 }
 
+/* occurred_at must be finite and at most 5 minutes ahead of now() */
+static void
+tm_check_occurred_at(TimestampTz occurred_at, TimestampTz now)
+{
+	if (TIMESTAMP_NOT_FINITE(occurred_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: occurred_at must be finite")));
+	if (occurred_at > now + TM_MAX_FUTURE_USECS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tiermeter: occurred_at is more than 5 minutes in the future"),
+				 errdetail("occurred_at is " INT64_FORMAT " seconds after now(); at most 300 are allowed.",
+						   (occurred_at - now) / USECS_PER_SEC)));
+}
+
+/* record_usage's work, between tm_spi_begin and tm_spi_end */
+static void
+tm_record_call(TmCall *c, TimestampTz occurred_at)
+{
+	bool		created;
+	bool		inserted;
+
+	tm_call_load(c);
+	/* a replayed key returns the current status, whatever the level now */
+	if (c->of.is_gauge && c->amount < 0 &&
+		!(c->key != NULL && tm_key_exists(c, tm_latest_snapshot())))
+		tm_check_gauge_floor(c);
+	created = tm_call_ensure_org(c);
+	inserted = tm_record(c, occurred_at, created);
+	if (!c->cached)
+		c->sums = tm_sums(&c->of, InvalidSnapshot, false);
+	if (inserted && tm_in_period(&c->of, occurred_at))
+		tm_alert(&c->of, &c->sums, &c->ckey, c->hash, c->cached);
+}
+
+/*
+ * record_usage for the other C functions (touch_session), with no
+ * idempotency key, inside their SPI connection: of and sums get the status
+ * after it, of's strings in cxt.
+ */
+void
+tm_record_usage(const char *org_id, int64 amount, const char *feature,
+				const char *conversation_id, TimestampTz occurred_at,
+				TmOrgFeature *of, TmSums *sums, MemoryContext cxt)
+{
+	TmCall		c;
+
+	tm_check_occurred_at(occurred_at, GetCurrentTransactionStartTimestamp());
+	c.org_id = (char *) org_id;
+	c.feature = (char *) feature;
+	c.conversation_id = (char *) conversation_id;
+	c.key = NULL;
+	c.amount = amount;
+	c.cxt = cxt;
+	c.reserved = false;
+	tm_record_call(&c, occurred_at);
+	*of = c.of;
+	*sums = c.sums;
+}
+
 /*
  * record_usage(org_id, amount, feature, conversation_id, idempotency_key,
  *				occurred_at) RETURNS limit_status
@@ -263,34 +324,13 @@ tiermeter_record_usage(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	TimestampTz occurred_at;
 	TmOwnerSave save;
-	bool		created;
-	bool		inserted;
 
 	tm_call_args(&c, fcinfo);
 	occurred_at = PG_ARGISNULL(5) ? now : PG_GETARG_TIMESTAMPTZ(5);
-	if (TIMESTAMP_NOT_FINITE(occurred_at))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tiermeter: occurred_at must be finite")));
-	if (occurred_at > now + TM_MAX_FUTURE_USECS)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tiermeter: occurred_at is more than 5 minutes in the future"),
-				 errdetail("occurred_at is " INT64_FORMAT " seconds after now(); at most 300 are allowed.",
-						   (occurred_at - now) / USECS_PER_SEC)));
+	tm_check_occurred_at(occurred_at, now);
 
 	tm_spi_begin(&save);
-	tm_call_load(&c);
-	/* a replayed key returns the current status, whatever the level now */
-	if (c.of.is_gauge && c.amount < 0 &&
-		!(c.key != NULL && tm_key_exists(&c, tm_latest_snapshot())))
-		tm_check_gauge_floor(&c);
-	created = tm_call_ensure_org(&c);
-	inserted = tm_record(&c, occurred_at, created);
-	if (!c.cached)
-		c.sums = tm_sums(&c.of, InvalidSnapshot, false);
-	if (inserted && tm_in_period(&c.of, occurred_at))
-		tm_alert(&c.of, &c.sums, &c.ckey, c.hash, c.cached);
+	tm_record_call(&c, occurred_at);
 	tm_spi_end(&save);
 
 	PG_RETURN_DATUM(tm_status_datum(fcinfo, &c.of, &c.sums, TM_REASON_AUTO));

@@ -65,6 +65,7 @@ INSERT INTO marked VALUES
 	('end_session(text,text)', 'v', 'u'),
 	('_begin_session(text,text,text,timestamp with time zone)', 'v', 'u'),
 	('_touch_session(text,text,timestamp with time zone)', 'v', 'u'),
+	('_touch_session_admit(text,text,timestamp with time zone)', 'v', 'u'),
 	('_end_session(text,text,timestamp with time zone)', 'v', 'u'),
 	('_session_open(text,text,boolean,timestamp with time zone)', 'v', 'u'),
 	('_session_lock(text,timestamp with time zone)', 'v', 'u'),

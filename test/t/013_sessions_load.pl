@@ -1,9 +1,12 @@
-# Sessions under load: 16 clients begin, touch and end conversations on 4
-# orgs (basic tier: 3 active sessions each) for 20 s, with random gaps
-# around tiermeter.idle_timeout (1 s), so sessions go idle, free their slot
-# and are re-admitted.  A sampler counts every org's active sessions
-# meanwhile: never more than the tier allows.  Afterwards every org's
-# conversation usage equals the sum of its sessions' durations.
+# Sessions under load: 16 clients begin, touch and end conversations on 8
+# orgs (basic tier: 3 active sessions each) for 20 s, with random gaps.  On
+# orgs 1-4 the gaps are around tiermeter.idle_timeout (1 s), so sessions go
+# idle, free their slot and are re-admitted (the PL/pgSQL touch); orgs 5-8
+# begin their sessions with a 30 s timeout, so their touches take the C way
+# (an active session far from its timeout), racing ends and begins.  A
+# sampler counts every org's active sessions meanwhile: never more than the
+# tier allows.  Afterwards every org's conversation usage equals the sum of
+# its sessions' durations.
 use strict;
 use warnings;
 
@@ -21,8 +24,9 @@ $node->append_conf('postgresql.conf', "max_connections = 40");
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION tiermeter;
-	SELECT tiermeter.set_org_tier('org-' || i, 'basic') FROM generate_series(1, 4) i;
+	SELECT tiermeter.set_org_tier('org-' || i, 'basic') FROM generate_series(1, 8) i;
 	CREATE TABLE refusals (reason text);
+	CREATE TABLE c_touches (org_id text, duration bigint);
 	CREATE TABLE samples (org_id text, active int, at timestamptz);
 	-- one step of a client: begin, touch or end a conversation; touching
 	-- or ending one that is not open is the 22023 the API promises
@@ -31,10 +35,16 @@ $node->safe_psql('postgres', q{
 	DECLARE
 		st tiermeter.session_status;
 	BEGIN
+		IF org > 4 THEN
+			PERFORM set_config('tiermeter.idle_timeout', '30', true);
+		END IF;
 		IF action < 4 THEN
 			st := tiermeter.begin_session('org-' || org, 'conv-' || conv);
 		ELSIF action < 9 THEN
 			st := tiermeter.touch_session('org-' || org, 'conv-' || conv);
+			IF org > 4 THEN
+				INSERT INTO c_touches VALUES (st.org_id, st.duration_seconds);
+			END IF;
 		ELSE
 			st := tiermeter.end_session('org-' || org, 'conv-' || conv);
 		END IF;
@@ -71,7 +81,7 @@ $node->pgbench(
 	'16 clients begin, touch and end sessions without an error',
 	{
 		'001_sessions' => q{
-			\set org random(1, 4)
+			\set org random(1, 8)
 			\set conv random(1, 12)
 			\set action random(0, 9)
 			\set gap random(0, 1300)
@@ -104,6 +114,8 @@ is($node->safe_psql('postgres', q{
 	'0', "every org's conversation usage equals its sessions' durations");
 cmp_ok($node->safe_psql('postgres', 'SELECT sum(duration_seconds) FROM tiermeter.sessions'),
 	'>', 0, 'sessions counted time');
+cmp_ok($node->safe_psql('postgres', 'SELECT count(*) FROM c_touches WHERE duration > 0'),
+	'>', 10, 'touches of sessions with a 30 s timeout counted time (the C way)');
 
 $node->stop;
 done_testing();
