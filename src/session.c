@@ -22,10 +22,12 @@
  * another touch (which extends the session) or end_session (which ends it)
  * can change the row.
  *
- * The moment of the touch is read once the org's lock is held, before the
- * row's: a touch that waited for another touch of the same conversation
- * counts its time up to the moment it got the org's lock (the next touch
- * counts the rest; nothing is counted twice).
+ * The moment of the touch is read once the org's lock is held, and again
+ * once the row's is (it may have waited for another touch of the same
+ * conversation).  A session that went idle meanwhile needs re-admission:
+ * the org's admission lock is taken if free (waiting for it while holding
+ * the shared one could deadlock with another such touch), else the call
+ * fails to serialize, to be retried, as in PL/pgSQL.
  */
 #include "tiermeter.h"
 
@@ -35,6 +37,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am_d.h"
 #include "catalog/pg_collation_d.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -118,9 +121,11 @@ tm_session_lock(Datum *key, TimestampTz at, TmSession *s)
 
 /*
  * The org's sessions active at `at` (not ended, idle_until >= at), counted
- * by a scan of the partial index of its open sessions under a new snapshot
- * (this call's update included), as PostgreSQL reads its own catalogs: the
- * executor a query would start costs more than the scan.
+ * by a scan of the partial index of its open sessions, as PostgreSQL reads
+ * its own catalogs: the executor a query would start costs more than the
+ * scan.  The snapshot is the one a statement run now would get (a new one
+ * under READ COMMITTED, the transaction's under REPEATABLE READ and
+ * SERIALIZABLE, with its predicate locks), and sees this call's update.
  */
 static int32
 tm_active_sessions(Datum org_id, TimestampTz at)
@@ -145,13 +150,16 @@ tm_active_sessions(Datum org_id, TimestampTz at)
 	idle_col = get_attnum(relid, "idle_until");
 	ended_col = get_attnum(relid, "ended_at");
 	if (idle_col == InvalidAttrNumber || ended_col == InvalidAttrNumber ||
+		index->rd_rel->relam != BTREE_AM_OID || !index->rd_index->indisvalid ||
 		index->rd_index->indnkeyatts != 1 ||
 		index->rd_index->indkey.values[0] != get_attnum(relid, "org_id"))
-		elog(ERROR, "tiermeter: index sessions_open is not on sessions (org_id)");
+		elog(ERROR, "tiermeter: index sessions_open is not a valid btree index on sessions (org_id)");
 
 	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   index->rd_indcollation[0], F_TEXTEQ, org_id);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	PushCopiedSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	snapshot = GetActiveSnapshot();
 	slot = table_slot_create(rel, NULL);
 	scan = index_beginscan(rel, index, snapshot, 1, 0);
 	index_rescan(scan, &skey, 1, NULL, 0);
@@ -166,7 +174,7 @@ tm_active_sessions(Datum org_id, TimestampTz at)
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
+	PopActiveSnapshot();
 	index_close(index, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	return n;
@@ -179,11 +187,15 @@ tm_session_admit(Datum *key, bool clock, TimestampTz at)
 	Datum		values[3] = {key[0], key[1], TimestampTzGetDatum(at)};
 	char		nulls[3] = {' ', ' ', clock ? 'n' : ' '};
 	bool		isnull;
+	Datum		result;
 
 	if (SPI_execute_plan(tm_plan(TM_PLAN_SESSION_ADMIT), values, nulls, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "tiermeter: touch_session failed");
-	return SPI_datumTransfer(tm_getcol(1, &isnull), false, -1);
+	result = tm_getcol(1, &isnull);
+	if (isnull)
+		elog(ERROR, "tiermeter: _touch_session_admit returned NULL");
+	return SPI_datumTransfer(result, false, -1);
 }
 
 static void
@@ -299,6 +311,30 @@ tiermeter_touch_session(PG_FUNCTION_ARGS)
 		result = tm_session_admit(key, clock, at);
 		tm_spi_end(&save);
 		PG_RETURN_DATUM(result);
+	}
+	if (clock)
+	{
+		/* the moment once the row is ours too (we may have waited for it) */
+		at = Max(at, GetCurrentTimestamp());
+		if (s.idle_until < at)
+		{
+			/*
+			 * It went idle while we waited for another touch of it (rare):
+			 * re-admission needs the org's admission lock, and waiting for
+			 * it while holding the shared one could deadlock with another
+			 * such touch: take it only if free, else retry.
+			 */
+			if (!LockAcquireExtended(&tag, ExclusiveLock, false, true, true, NULL))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("tiermeter: could not re-admit the idle session of conversation \"%s\" of org \"%s\"",
+								conversation_id, org_id),
+						 errdetail("It went idle while the call waited for another touch of it."),
+						 errhint("Retry the transaction.")));
+			result = tm_session_admit(key, clock, at);
+			tm_spi_end(&save);
+			PG_RETURN_DATUM(result);
+		}
 	}
 
 	/* the active time since the last counted moment, in whole seconds */
