@@ -167,14 +167,17 @@ extern pg_atomic_uint32 *tm_ghosts;
 #define TM_ADD(a, v)	((void) pg_atomic_fetch_add_u64(&(a), (int64) (v)))
 #define TM_SET(a, v)	pg_atomic_write_u64(&(a), (uint64) (v))
 
-/* used saturates at the ends of bigint (tm_add_sat), atomically */
-static inline void
+/* used saturates at the ends of bigint (tm_add_sat), atomically; false if it did */
+static inline bool
 tm_atomic_add_sat(pg_atomic_uint64 *a, int64 v)
 {
 	uint64		old = pg_atomic_read_u64(a);
+	int64		r;
 
-	while (!pg_atomic_compare_exchange_u64(a, &old, (uint64) tm_add_sat((int64) old, v)))
-		;
+	do
+		r = tm_add_sat((int64) old, v);
+	while (!pg_atomic_compare_exchange_u64(a, &old, (uint64) r));
+	return !tm_at_bound(r);
 }
 
 /* what this transaction recorded, per key */

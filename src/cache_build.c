@@ -241,6 +241,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	LWLock	   *lock = tm_lock_for(hash);
 	TmEntry    *volatile e;
 	volatile bool installed = false;
+	int64		own;
 	static bool exit_hook = false;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
@@ -307,6 +308,7 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 		{
 			TmBuild    *b;
 			int			i;
+			bool		saturated = tm_at_bound(sums->used);
 
 			LWLockAcquire(lock, LW_EXCLUSIVE);
 			b = &tm_shared->builds[e->build];
@@ -315,13 +317,14 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 				if (XidInMVCCSnapshot(b->late[i].xid, snapshot) &&
 					(of->is_gauge || b->late[i].ps == of->period.start))
 					sums->used = tm_add_sat(sums->used, b->late[i].amount);
+			saturated |= tm_at_bound(sums->used);
 			TM_SET(e->used, sums->used);
 			e->period_start = of->period.start;
 			e->period_end = of->period.end;
 			e->is_gauge = of->is_gauge;
 			tm_entry_set_config(e, of, sums->granted);
 			tm_entry_set_alerted(e, of->alerted);
-			installed = clean && !b->spoiled &&
+			installed = clean && !b->spoiled && !saturated &&
 				strlen(of->tier_id) < TM_KEY_LEN &&
 				pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 			e->valid = installed;
@@ -339,7 +342,11 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	}
 	PG_END_TRY();
 
-	sums->used = tm_add_sat(sums->used, tm_own_amount(key, of));
+	own = tm_own_amount(key, of);
+	if (own != 0 && tm_at_bound(sums->used))
+		sums->used = tm_sums(of, InvalidSnapshot, true).used;	/* own rows included */
+	else
+		sums->used = tm_add_sat(sums->used, own);
 	sums->reserved = tm_cache_reserved_by_others(key, hash);
 	tm_count(installed ? TM_STAT_BUILDS : TM_STAT_FALLBACKS);
 	return installed;

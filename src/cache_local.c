@@ -317,6 +317,8 @@ tm_cache_note(const TmCacheKey *key, uint32 hash, const TmOrgFeature *of,
 	/* the undo record first: if it cannot be made, nothing was noted */
 	tm_undo_push(key, amount, 0);
 	l->amount = tm_add_sat(l->amount, amount);
+	if (tm_at_bound(l->amount))
+		tm_inval_org(key->org_id, true);	/* the tables answer, exactly */
 }
 
 /*----------------------------------------------------------------------
@@ -442,8 +444,8 @@ tm_apply_locked(TmEntry *e, TmLocal *l)
 	{
 		if (other_period)
 			e->valid = false;
-		else
-			tm_atomic_add_sat(&e->used, l->amount);
+		else if (!tm_atomic_add_sat(&e->used, l->amount))
+			e->valid = false;	/* saturated: rebuilt from the ledger */
 	}
 	if (l->created_org)
 		e->org_exists = true;

@@ -72,6 +72,19 @@ tm_add_sat(int64 a, int64 b)
 	return r;
 }
 
+/*
+ * A sum at an end of bigint may stand for a larger one (the ledger's sum is
+ * exact, and saturates only when read): adding to it is not exact.  So a
+ * cache entry never holds such a sum, a transaction whose own amount reaches
+ * one has its org answered from the tables, and a call whose answer is one
+ * sums the ledger again after its insert.
+ */
+static inline bool
+tm_at_bound(int64 v)
+{
+	return v == PG_INT64_MAX || v == PG_INT64_MIN;
+}
+
 /* usage may be dated at most this far ahead of now() */
 #define TM_MAX_FUTURE_USECS	(5 * 60 * USECS_PER_SEC)
 

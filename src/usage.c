@@ -230,7 +230,15 @@ tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 	if (inserted && c->cached)
 	{
 		tm_cache_note(&c->ckey, c->hash, &c->of, c->amount, occurred_at, created_org);
-		if (tm_in_period(&c->of, occurred_at))
+		if (tm_in_period(&c->of, occurred_at) && tm_at_bound(c->sums.used))
+		{
+			/* a saturated sum: the ledger's, this row included */
+			int64		reserved = c->sums.reserved;
+
+			c->sums = tm_sums(&c->of, InvalidSnapshot, false);
+			c->sums.reserved = reserved;
+		}
+		else if (tm_in_period(&c->of, occurred_at))
 			c->sums.used = tm_add_sat(c->sums.used, c->amount);
 	}
 	else if (inserted && c->can_reserve)
