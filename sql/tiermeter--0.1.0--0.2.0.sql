@@ -1313,7 +1313,8 @@ COMMENT ON TYPE @extschema@.session_status IS 'What the session functions return
 -- One row per (org, conversation).  A session is active while it is not
 -- ended and its last touch is at most its idle_timeout ago (idle_until).
 -- accrued_to is how far its duration has been counted: whole seconds are
--- counted, the fraction waits for the next touch.
+-- counted, the fraction waits for the next touch; last_counted is how many
+-- the last touch of the C way counted (its one UPDATE returns it).
 CREATE TABLE @extschema@.sessions (
 	org_id				text NOT NULL,
 	conversation_id		text NOT NULL,
@@ -1324,6 +1325,7 @@ CREATE TABLE @extschema@.sessions (
 	idle_timeout		integer NOT NULL CHECK (idle_timeout BETWEEN 1 AND 86400),
 	idle_until			timestamptz NOT NULL,
 	duration_seconds	bigint NOT NULL DEFAULT 0 CHECK (duration_seconds >= 0),
+	last_counted		bigint NOT NULL DEFAULT 0,
 	ended_at			timestamptz,
 	PRIMARY KEY (org_id, conversation_id)
 ) WITH (fillfactor = 50);

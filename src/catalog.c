@@ -32,6 +32,12 @@ TM_FUNCTION(tiermeter_require_amount);
 #define EQ " OPERATOR(pg_catalog.=) "
 #define LT " OPERATOR(pg_catalog.<) "
 #define GE " OPERATOR(pg_catalog.>=) "
+#define PLUS " OPERATOR(pg_catalog.+) "
+#define TIMES " OPERATOR(pg_catalog.*) "
+/* the whole seconds from a session's accrued_to to $3, at least 0 */
+#define TM_DELTA \
+	"GREATEST(pg_catalog.floor(pg_catalog.date_part('epoch', $3" \
+	" OPERATOR(pg_catalog.-) s.accrued_to)), 0)::pg_catalog.int8"
 
 typedef struct TmPlanDef
 {
@@ -113,20 +119,27 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		"   WHERE kind" EQ "'threshold_reached' DO NOTHING",
 		5, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID}
 	},
-	[TM_PLAN_SESSION_LOCK] = {
-		"SELECT s.started_at, s.last_active_at, s.accrued_to, s.idle_timeout, s.idle_until,"
-		"       s.duration_seconds"
-		"  FROM tiermeter.sessions s"
-		" WHERE s.org_id" EQ "$1 AND s.conversation_id" EQ "$2"
-		"   AND s.ended_at IS NULL AND s.idle_until" GE "$3"
-		"   FOR UPDATE OF s",
-		3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
-	},
-	[TM_PLAN_SESSION_UPDATE] = {
+	/*
+	 * A touch of an active session at $3, if it is open and active until
+	 * $4 (5 s after): the whole seconds since accrued_to are counted (the
+	 * fraction waits), in one statement that locks, computes from the row's
+	 * latest version (READ COMMITTED re-evaluates it after a wait) and
+	 * writes it.
+	 */
+	[TM_PLAN_SESSION_TOUCH] = {
 		"UPDATE tiermeter.sessions s"
-		"   SET last_active_at = $3, accrued_to = $4, idle_until = $5, duration_seconds = $6"
-		" WHERE s.org_id" EQ "$1 AND s.conversation_id" EQ "$2",
-		6, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID}
+		"   SET last_counted = " TM_DELTA ","
+		"       duration_seconds = s.duration_seconds" PLUS TM_DELTA ","
+		"       accrued_to = s.accrued_to" PLUS
+		"                    (" TM_DELTA "::pg_catalog.float8" TIMES "'1 second'::pg_catalog.interval),"
+		"       last_active_at = GREATEST(s.last_active_at, $3),"
+		"       idle_until = GREATEST(s.last_active_at, $3)" PLUS
+		"                    (s.idle_timeout::pg_catalog.float8" TIMES "'1 second'::pg_catalog.interval)"
+		" WHERE s.org_id" EQ "$1 AND s.conversation_id" EQ "$2"
+		"   AND s.ended_at IS NULL AND s.idle_until" GE "$4"
+		" RETURNING s.started_at, s.last_active_at, s.accrued_to, s.idle_until,"
+		"           s.duration_seconds, s.last_counted",
+		4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[TM_PLAN_SESSION_ADMIT] = {
 		"SELECT tiermeter._touch_session_admit($1, $2, $3)",

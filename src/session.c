@@ -7,27 +7,29 @@
  * touch finds it active and far from its idle timeout.  Such a touch needs
  * no admission: it takes the org's session lock shared (admissions take it
  * exclusively, so touches of one org run side by side but never beside an
- * admission), reads the clock, then locks and reads the session row if it
- * is open and active until at least 5 s later; it records the active time
- * since the last touch as record_usage does (ledger, cache, threshold
- * events, counted only if the transaction commits), updates the row, and
- * counts the org's active sessions for the result.
+ * admission), reads the clock, then runs one UPDATE that touches the row
+ * only if it is open and active until at least 5 s later: it counts the
+ * whole seconds since the last counted moment and returns them.  They are
+ * recorded as record_usage records (ledger, cache, threshold events,
+ * counted only if the transaction commits), and the org's active sessions
+ * are counted for the result.
  *
- * Any other touch releases the shared lock and goes to the PL/pgSQL
- * _touch_session_admit: an unknown or ended session (its error), and a
- * session idle or within 5 s of its idle timeout, which may need
- * re-admission under the org's admission lock.  No row lock is held then,
- * except that of a row another call ended while this one waited for it,
- * which leads straight to the error.  While the shared lock is held, only
- * another touch (which extends the session) or end_session (which ends it)
- * can change the row.
+ * Any other touch (the UPDATE found nothing to do, and wrote nothing)
+ * releases the shared lock and goes to the PL/pgSQL _touch_session_admit:
+ * an unknown or ended session (its error), and a session idle or within
+ * 5 s of its idle timeout, which may need re-admission under the org's
+ * admission lock.  No row lock is held then, except that of a row another
+ * call ended while this one waited for it, which leads straight to the
+ * error.  While the shared lock is held, only another touch (which extends
+ * the session) or end_session (which ends it) can change the row.
  *
- * The moment of the touch is read once the org's lock is held, and again
- * once the row's is (it may have waited for another touch of the same
- * conversation).  A session that went idle meanwhile needs re-admission:
- * the org's admission lock is taken if free (waiting for it while holding
- * the shared one could deadlock with another such touch), else the call
- * fails to serialize, to be retried, as in PL/pgSQL.
+ * The clock is read again after the UPDATE: a touch that waited for
+ * another touch of the same conversation longer than its idle timeout
+ * counted up to the moment it got the org's lock, and finds the session
+ * idle now.  It goes on only if re-admitted: the org's admission lock is
+ * taken if free (waiting for it while holding the shared one could
+ * deadlock with another such touch), else the call fails to serialize, to
+ * be retried, and the PL/pgSQL way counts the rest and re-admits it.
  */
 #include "tiermeter.h"
 
@@ -79,15 +81,15 @@ enum
 	SS_NATTS
 };
 
-/* A session row, locked. */
+/* A session row, as a touch left it. */
 typedef struct TmSession
 {
 	TimestampTz started_at;
 	TimestampTz last_active_at;
 	TimestampTz accrued_to;
-	int32		idle_timeout;
 	TimestampTz idle_until;
 	int64		duration;
+	int64		counted;		/* the whole seconds this touch counted */
 } TmSession;
 
 static Datum
@@ -97,25 +99,28 @@ tm_getcol(int col, bool *isnull)
 }
 
 /*
- * Locks and reads the session row if it is open and active until at least
- * TM_SESSION_MARGIN after `at`; false if not.
+ * Touches the session at `at` if it is open and active until at least
+ * TM_SESSION_MARGIN after `at`: one UPDATE locks it, counts the whole
+ * seconds since accrued_to and moves last_active_at and idle_until; false
+ * (nothing written) if the session is not in that state.
  */
 static bool
-tm_session_lock(Datum *key, TimestampTz at, TmSession *s)
+tm_session_touch(Datum *key, TimestampTz at, TmSession *s)
 {
-	Datum		values[3] = {key[0], key[1], TimestampTzGetDatum(at + TM_SESSION_MARGIN)};
+	Datum		values[4] = {key[0], key[1], TimestampTzGetDatum(at),
+	TimestampTzGetDatum(at + TM_SESSION_MARGIN)};
 	bool		isnull;
 
-	if (SPI_execute_plan(tm_plan(TM_PLAN_SESSION_LOCK), values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "tiermeter: session lock failed");
+	if (SPI_execute_plan(tm_plan(TM_PLAN_SESSION_TOUCH), values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "tiermeter: session touch failed");
 	if (SPI_processed == 0)
 		return false;
 	s->started_at = DatumGetTimestampTz(tm_getcol(1, &isnull));
 	s->last_active_at = DatumGetTimestampTz(tm_getcol(2, &isnull));
 	s->accrued_to = DatumGetTimestampTz(tm_getcol(3, &isnull));
-	s->idle_timeout = DatumGetInt32(tm_getcol(4, &isnull));
-	s->idle_until = DatumGetTimestampTz(tm_getcol(5, &isnull));
-	s->duration = DatumGetInt64(tm_getcol(6, &isnull));
+	s->idle_until = DatumGetTimestampTz(tm_getcol(4, &isnull));
+	s->duration = DatumGetInt64(tm_getcol(5, &isnull));
+	s->counted = DatumGetInt64(tm_getcol(6, &isnull));
 	return true;
 }
 
@@ -198,18 +203,6 @@ tm_session_admit(Datum *key, bool clock, TimestampTz at)
 	return SPI_datumTransfer(result, false, -1);
 }
 
-static void
-tm_session_update(Datum *key, const TmSession *s)
-{
-	Datum		values[6] = {key[0], key[1],
-		TimestampTzGetDatum(s->last_active_at), TimestampTzGetDatum(s->accrued_to),
-		TimestampTzGetDatum(s->idle_until), Int64GetDatum(s->duration)};
-
-	if (SPI_execute_plan(tm_plan(TM_PLAN_SESSION_UPDATE), values, NULL, false, 0) != SPI_OK_UPDATE ||
-		SPI_processed != 1)
-		elog(ERROR, "tiermeter: session update failed");
-}
-
 /* The session_status of a session active after a touch. */
 static Datum
 tm_session_status(FunctionCallInfo fcinfo, const char *org_id, const char *conversation_id,
@@ -285,7 +278,6 @@ tiermeter_touch_session(PG_FUNCTION_ARGS)
 	TmOrgFeature of;
 	TmSums		sums;
 	Datum		result;
-	int64		delta;
 	int32		active;
 	LOCKTAG		tag;
 
@@ -304,7 +296,7 @@ tiermeter_touch_session(PG_FUNCTION_ARGS)
 		at = GetCurrentTimestamp();
 
 	tm_spi_begin(&save);
-	if (!tm_session_lock(key, at, &s))
+	if (!tm_session_touch(key, at, &s))
 	{
 		/* not the common case: the PL/pgSQL way, which takes its own locks */
 		LockRelease(&tag, ShareLock, false);
@@ -312,46 +304,31 @@ tiermeter_touch_session(PG_FUNCTION_ARGS)
 		tm_spi_end(&save);
 		PG_RETURN_DATUM(result);
 	}
-	if (clock)
-	{
-		/* the moment once the row is ours too (we may have waited for it) */
-		at = Max(at, GetCurrentTimestamp());
-		if (s.idle_until < at)
-		{
-			/*
-			 * It went idle while we waited for another touch of it (rare):
-			 * re-admission needs the org's admission lock, and waiting for
-			 * it while holding the shared one could deadlock with another
-			 * such touch: take it only if free, else retry.
-			 */
-			if (!LockAcquireExtended(&tag, ExclusiveLock, false, true, true, NULL))
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("tiermeter: could not re-admit the idle session of conversation \"%s\" of org \"%s\"",
-								conversation_id, org_id),
-						 errdetail("It went idle while the call waited for another touch of it."),
-						 errhint("Retry the transaction.")));
-			result = tm_session_admit(key, clock, at);
-			tm_spi_end(&save);
-			PG_RETURN_DATUM(result);
-		}
-	}
-
-	/* the active time since the last counted moment, in whole seconds */
-	delta = Min(at, s.idle_until) - s.accrued_to;
-	delta = delta > 0 ? delta / USECS_PER_SEC : 0;
-	if (delta > 0)
-	{
-		s.accrued_to += delta * USECS_PER_SEC;
-		tm_record_usage(org_id, delta, "conversation_seconds", conversation_id,
+	if (s.counted > 0)
+		tm_record_usage(org_id, s.counted, "conversation_seconds", conversation_id,
 						s.accrued_to, &of, &sums, cxt);
-		s.duration = tm_add_sat(s.duration, delta);
-	}
 	else
 		tm_check_limits(org_id, "conversation_seconds", &of, &sums, cxt);
-	s.last_active_at = Max(s.last_active_at, at);
-	s.idle_until = s.last_active_at + (int64) s.idle_timeout * USECS_PER_SEC;
-	tm_session_update(key, &s);
+	if (clock && s.idle_until < GetCurrentTimestamp())
+	{
+		/*
+		 * We waited for another touch of the session longer than its idle
+		 * timeout (rare): counted up to `at`, it is idle now, and goes on
+		 * only if re-admitted.  That needs the org's admission lock, and
+		 * waiting for it while holding the shared one could deadlock with
+		 * another such touch: take it only if free, else retry.
+		 */
+		if (!LockAcquireExtended(&tag, ExclusiveLock, false, true, true, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("tiermeter: could not re-admit the idle session of conversation \"%s\" of org \"%s\"",
+							conversation_id, org_id),
+					 errdetail("It went idle while the call waited for another touch of it."),
+					 errhint("Retry the transaction.")));
+		result = tm_session_admit(key, clock, at);
+		tm_spi_end(&save);
+		PG_RETURN_DATUM(result);
+	}
 	active = tm_active_sessions(key[0], at);
 	tm_spi_end(&save);
 
