@@ -37,6 +37,9 @@ CREATE EXTENSION tiermeter;
 -- the floor of the check: check_org_limits' signature, no work (bench/Makefile)
 CREATE FUNCTION naive.noop_check(org_id text, feature text DEFAULT 'conversation_seconds')
 RETURNS tiermeter.limit_status AS '\$libdir/tiermeter_bench_noop', 'tiermeter_bench_noop' LANGUAGE C;
+-- a fixed limit_status value, no lookup: forming and sending the result
+CREATE FUNCTION naive.constant_check(org_id text, feature text DEFAULT 'conversation_seconds')
+RETURNS tiermeter.limit_status AS '\$libdir/tiermeter_bench_noop', 'tiermeter_bench_constant' LANGUAGE C;
 -- $ORGS orgs with some usage, in tiermeter and in the naive schema
 SELECT count(tiermeter.record_usage('org-' || i, 10)) FROM generate_series(1, $ORGS) i;
 SELECT count(naive.record_usage('org-' || i, 10)) FROM generate_series(1, $ORGS) i;
@@ -59,6 +62,7 @@ script check          '\set o random(1, '"$ORGS"')' "SELECT tiermeter.check_org_
 script check_star     '\set o random(1, '"$ORGS"')' "SELECT * FROM tiermeter.check_org_limits('org-' || :o);"
 script naive_check    '\set o random(1, '"$ORGS"')' "SELECT naive.check_org_limits('org-' || :o);"
 script noop_check     '\set o random(1, '"$ORGS"')' "SELECT naive.noop_check('org-' || :o);"
+script const_check    '\set o random(1, '"$ORGS"')' "SELECT naive.constant_check('org-' || :o);"
 script insert         '\set o random(1, '"$ORGS"')' "INSERT INTO naive.plain_insert (org_id, amount) VALUES ('org-' || :o, 1);"
 script ledger         '\set o random(1, '"$ORGS"')' "INSERT INTO naive.ledger (org_id, feature, amount, occurred_at) VALUES ('org-' || :o, 'conversation_seconds', 1, now());"
 script ledger_hot     "INSERT INTO naive.ledger (org_id, feature, amount, occurred_at) VALUES ('hot', 'conversation_seconds', 1, now());"
@@ -131,6 +135,7 @@ fi
 echo "tiermeter bench: $ORGS orgs, ${SECS}s per run, pgbench -M prepared -j $JOBS" >&2
 run select1 8
 run noop_check 8
+run const_check 8
 run check 8
 run check_star 8
 run naive_check 8
@@ -149,6 +154,8 @@ echo
 header
 line 'check_org_limits, 8 clients (vs no-op C fn)'  check        noop_check '>= 0.95, p99 < 0.5 ms'
 line '  no-op C function (vs SELECT 1)'               noop_check   select1    '(the floor)'
+line '  check_org_limits (vs a constant result)'     check        const_check '(reported only)'
+line '  constant result, no lookup (vs no-op)'       const_check  noop_check '(reported only)'
 line '  check_org_limits (vs SELECT 1)'               check        select1    '(reported only)'
 line '  SELECT * FROM check_org_limits (vs SELECT 1)' check_star select1    '(reported only)'
 line '  naive PL/pgSQL check (vs SELECT 1)'          naive_check  select1    '(reference)'
