@@ -148,9 +148,8 @@ tiermeter_period_bounds(PG_FUNCTION_ARGS)
 							 has_stored ? PG_GETARG_TIMESTAMPTZ(2) : 0,
 							 has_stored ? PG_GETARG_TIMESTAMPTZ(3) : 0);
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = BlessTupleDesc(tupdesc);
+	/* once per query: rollover calls it for every org */
+	tupdesc = tm_result_desc(fcinfo, "period_bounds", 2, 2);
 	values[0] = TimestampTzGetDatum(p.start);
 	values[1] = TimestampTzGetDatum(p.end);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
