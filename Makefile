@@ -22,6 +22,7 @@ OBJS = \
 	src/cache_reserve.o \
 	src/cache_inval.o \
 	src/cache_stats.o \
+	src/cache_config.o \
 	src/alerts.o \
 	src/session.o \
 	src/stripe.o \

@@ -285,12 +285,16 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 	{
 		Snapshot	snapshot;
 		volatile bool clean = pg_atomic_read_u32(&tm_shared->unregistered) == 0;
+		uint64		config_gen = tm_config_gen();	/* before the snapshot */
 
 		/* everything committed, nothing of our own transaction */
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		snapshot->curcid = FirstCommandId;
-		tm_lookup(of, org_id, feature, snapshot, cxt);
-		*sums = tm_sums(of, snapshot, true);
+		if (!tm_lookup_sums_cached(of, sums, org_id, feature, snapshot, config_gen, cxt))
+		{
+			tm_lookup(of, org_id, feature, snapshot, cxt);
+			*sums = tm_sums(of, snapshot, true);
+		}
 		of->alerted = tm_alerted_for_build(of, sums->used, sums->granted, snapshot);
 		of->alerted_known = true;
 

@@ -298,6 +298,8 @@ tm_inval_lookup(void)
 void
 tm_apply_invalidations(void)
 {
+	if (tm_inval_all)
+		tm_config_changed();
 	if (tm_inval_all || tm_shared->features_overflow)
 		tm_inval_scan();
 	else if (tm_inval_orgs != NULL)

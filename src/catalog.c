@@ -141,6 +141,54 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		"           s.duration_seconds, s.last_counted",
 		4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
+	/* the copy of the config tables each backend keeps (cache_config.c) */
+	[TM_PLAN_CFG_FEATURES] = {
+		"SELECT f.feature, (f.kind" EQ "'gauge')::pg_catalog.int4 FROM tiermeter.features f",
+		0, {InvalidOid}
+	},
+	[TM_PLAN_CFG_TIERS] = {
+		"SELECT t.tier_id, t.max_session_seconds, t.max_active_sessions, t.is_default::pg_catalog.int4"
+		"  FROM tiermeter.tiers t ORDER BY t.rank",
+		0, {InvalidOid}
+	},
+	[TM_PLAN_CFG_QUOTAS] = {
+		"SELECT q.tier_id, q.feature, q.quota FROM tiermeter.tier_quotas q",
+		0, {InvalidOid}
+	},
+	[TM_PLAN_CFG_THRESHOLDS] = {
+		"SELECT a.percent FROM tiermeter.alert_thresholds a ORDER BY a.percent",
+		0, {InvalidOid}
+	},
+	/*
+	 * With that copy, what a build reads of one org: its row, its override
+	 * of the feature's quota, the period containing $3 (a new org: anchored
+	 * at $5, the month's start) and the sums over it ($4: a gauge, all
+	 * time), as the lookup and sums plans give them.
+	 */
+	[TM_PLAN_ORG_SUMS] = {
+		"SELECT o.tier_id, o.billing_anchor, o.period_start, o.period_end, b.ps, b.pe,"
+		"       oq.org_id IS NOT NULL, oq.quota,"
+		"       GREATEST(LEAST("
+		"         (SELECT COALESCE(pg_catalog.sum(u.amount), 0) FROM tiermeter.usage_log u"
+		"           WHERE u.org_id" EQ "$1 AND u.feature" EQ "$2"
+		"             AND u.occurred_at" GE "CASE WHEN $4 THEN '-infinity'::pg_catalog.timestamptz ELSE b.ps END"
+		"             AND u.occurred_at" LT "CASE WHEN $4 THEN 'infinity'::pg_catalog.timestamptz ELSE b.pe END),"
+		"         9223372036854775807), -9223372036854775808)::pg_catalog.int8,"
+		"       LEAST("
+		"         (SELECT COALESCE(pg_catalog.sum(g.amount), 0) FROM tiermeter.usage_grants g"
+		"           WHERE g.org_id" EQ "$1 AND g.feature" EQ "$2"
+		"             AND g.granted_at" GE "b.ps AND g.granted_at" LT "b.pe),"
+		"         9223372036854775807)::pg_catalog.int8"
+		"  FROM (SELECT 1) one"
+		"  LEFT JOIN tiermeter.orgs o ON o.org_id" EQ "$1"
+		"  LEFT JOIN tiermeter.org_quotas oq ON oq.org_id" EQ "$1 AND oq.feature" EQ "$2"
+		" CROSS JOIN LATERAL"
+		"       (SELECT (x.p).period_start AS ps, (x.p).period_end AS pe"
+		"          FROM (SELECT tiermeter.period_bounds(COALESCE(o.billing_anchor, $5), $3,"
+		"                                               o.period_start, o.period_end) AS p"
+		"                OFFSET 0) x) b",
+		5, {TEXTOID, TEXTOID, TIMESTAMPTZOID, BOOLOID, TIMESTAMPTZOID}
+	},
 	[TM_PLAN_SESSION_ADMIT] = {
 		"SELECT tiermeter._touch_session_admit($1, $2, $3)",
 		3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}

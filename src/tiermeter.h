@@ -15,7 +15,8 @@
  *				cache_build.c (building an entry), cache_local.c (what
  *				this transaction recorded, applied at commit),
  *				cache_reserve.c (consume's reservations), cache_inval.c
- *				(invalidation of config)
+ *				(invalidation of config), cache_config.c (each backend's
+ *				copy of the config tables, for builds)
  *	alerts.c	threshold_reached events, once per org, feature, period and
  *				threshold
  *	session.c	touch_session's common case (the rest is PL/pgSQL)
@@ -118,6 +119,11 @@ typedef enum TmPlanId
 	TM_PLAN_ALERTED,
 	TM_PLAN_INSERT_ALERT,
 	TM_PLAN_SESSION_TOUCH,
+	TM_PLAN_CFG_FEATURES,
+	TM_PLAN_CFG_TIERS,
+	TM_PLAN_CFG_QUOTAS,
+	TM_PLAN_CFG_THRESHOLDS,
+	TM_PLAN_ORG_SUMS,
 	TM_PLAN_SESSION_ADMIT,
 	TM_NUM_PLANS
 } TmPlanId;
