@@ -237,6 +237,27 @@ SQL
 echo
 grep 'one transaction' "$work/long.out"
 
+# one transaction recording usage for 300k orgs (three times the cache at its
+# default size) while 8 clients check: its time with its COMMIT, and the
+# checks' TPS while it ran (from pgbench's per-transaction log) against the
+# check run above
+BIG_TX=${BENCH_BIG_TX_ORGS:-300000}
+rm -f "$work"/log.*
+pgbench -n -M prepared -T 40 -c 8 -j $JOBS -f "$work/check.sql" -l --log-prefix="$work/log" $DB \
+	> "$work/during_tx.out" 2>&1 &
+bench_pid=$!
+sleep 3
+t0=$(date +%s%N)
+psql -X -q -d $DB -c "SELECT count(tiermeter.record_usage('tx-' || i, 1)) FROM generate_series(1, $BIG_TX) i" >/dev/null
+t1=$(date +%s%N)
+wait $bench_pid
+TPS[during_tx]=$(cat "$work"/log.* | awk -v a="$t0" -v b="$t1" \
+	'{t = $5 * 1000000000 + $6 * 1000; if (t >= a && t < b) n++} END {printf "%.0f", n / ((b - a) / 1e9)}')
+echo
+printf 'one transaction recording for %d orgs, COMMIT included: %d ms (goal: seconds)\n' "$BIG_TX" $(( (t1 - t0) / 1000000 ))
+printf 'check_org_limits, 8 clients, while it ran: %.0f tps, %s of the run above (goal >= 0.8)\n' \
+	"${TPS[during_tx]}" "$(ratio "${TPS[during_tx]}" "${TPS[check]}")"
+
 # rollover of 1M orgs while 8 clients check: its time, and the checks' TPS
 # meanwhile against the check run above
 ROLL_ORGS=${BENCH_ROLLOVER_ORGS:-1000000}
