@@ -73,10 +73,26 @@ ALTER TABLE @extschema@.usage_grants ENABLE ALWAYS TRIGGER usage_grants_truncate
 -- runs now, so that the table can be altered, and is deferred again after)
 SET CONSTRAINTS @extschema@.tiers_exactly_one_default IMMEDIATE;
 ALTER TABLE @extschema@.tiers ENABLE ALWAYS TRIGGER tiers_invalidate;
+CREATE TRIGGER tiers_invalidate_rows AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tiers
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+ALTER TABLE @extschema@.tiers ENABLE ALWAYS TRIGGER tiers_invalidate_rows;
 SET CONSTRAINTS @extschema@.tiers_exactly_one_default DEFERRED;
 ALTER TABLE @extschema@.features ENABLE ALWAYS TRIGGER features_invalidate;
 ALTER TABLE @extschema@.tier_quotas ENABLE ALWAYS TRIGGER tier_quotas_invalidate;
 ALTER TABLE @extschema@.alert_thresholds ENABLE ALWAYS TRIGGER alert_thresholds_invalidate;
+-- A logical replication apply worker fires row triggers only (and
+-- TRUNCATE's): the config tables get row triggers too, so a replicated edit
+-- reaches the cache and every backend's copy of the config tables.
+-- (tiers' is made above, while its deferred check is not pending)
+CREATE TRIGGER features_invalidate_rows AFTER INSERT OR UPDATE OR DELETE ON @extschema@.features
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER tier_quotas_invalidate_rows AFTER INSERT OR UPDATE OR DELETE ON @extschema@.tier_quotas
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+CREATE TRIGGER alert_thresholds_invalidate_rows AFTER INSERT OR UPDATE OR DELETE ON @extschema@.alert_thresholds
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._invalidate();
+ALTER TABLE @extschema@.features ENABLE ALWAYS TRIGGER features_invalidate_rows;
+ALTER TABLE @extschema@.tier_quotas ENABLE ALWAYS TRIGGER tier_quotas_invalidate_rows;
+ALTER TABLE @extschema@.alert_thresholds ENABLE ALWAYS TRIGGER alert_thresholds_invalidate_rows;
 
 ------------------------------------------------------------------------------
 -- Access levels (docs/security.md).  Nothing is granted to PUBLIC; the

@@ -122,6 +122,8 @@ typedef struct TmShared
 	pg_atomic_uint64 change_seq;	/* never repeats, even across evictions */
 	pg_atomic_uint64 config_gen;	/* bumped by each commit that changed a
 									 * config table (cache_config.c) */
+	pg_atomic_uint32 config_inflight;	/* such commits between PRE_COMMIT and
+										 * their bump */
 	pg_atomic_uint32 unregistered;	/* commits in flight without an entry */
 	slock_t		build_mutex;	/* guards build_used */
 	bool		build_used[TM_MAX_BUILDS];
@@ -260,7 +262,8 @@ extern void tm_apply_invalidations(void);
 
 /* cache_config.c */
 extern uint64 tm_config_gen(void);
-extern void tm_config_changed(void);
+extern void tm_config_pre_commit(void);
+extern void tm_config_end_xact(void);
 extern bool tm_lookup_sums_cached(TmOrgFeature *of, TmSums *sums, const char *org_id,
 								  const char *feature, Snapshot snapshot, uint64 gen,
 								  MemoryContext cxt);

@@ -6,16 +6,22 @@
  * A build answers one org and feature from the tables.  What is the same
  * for every org (the feature's kind, the tiers and their quotas, the alert
  * thresholds) each backend keeps a copy of, read again whenever a commit
- * changed a config table, in any session: such a commit bumps
- * tm_shared->config_gen in its invalidation step, before COMMIT returns to
- * its client, so a call that starts after it reads the tables again.  A
- * build then reads only the org's own rows and its sums, in one query,
- * instead of the lookup's join of six relations and then the sums.
+ * changed a config table, in any session.  A build then reads only the
+ * org's own rows and its sums, in one query, instead of the lookup's join of
+ * six relations and then the sums.
  *
- * The copy is read under a snapshot taken after config_gen was read, so it
- * is never older than its generation.  A transaction that changed config
- * itself bypasses the cache (its builds never come here), and so does every
- * call without the preloaded library: those read the tables (tm_lookup).
+ * The copy must agree with the snapshot the build reads the org under.  A
+ * commit that changed a config table counts itself in config_inflight at
+ * PRE_COMMIT, before it becomes visible, and at COMMIT (or ABORT), once
+ * visible, bumps config_gen and leaves config_inflight, before COMMIT
+ * returns to its client.  A build reads config_gen, takes its snapshot, and
+ * uses the copy only if no such commit is in flight and config_gen has not
+ * moved: then every config commit its snapshot sees has bumped config_gen
+ * before it was read, and the copy, read under a snapshot taken under the
+ * same conditions at that generation, has them too.  Otherwise the build
+ * reads the tables (tm_lookup), as do a transaction that changed config
+ * itself (it bypasses the cache) and every call without the preloaded
+ * library.
  */
 #include "cache.h"
 
@@ -69,11 +75,30 @@ tm_config_gen(void)
 	return pg_atomic_read_u64(&tm_shared->config_gen);
 }
 
-/* A config table changed: every backend reads its copy again. */
+/* this transaction counted itself in config_inflight */
+static bool tm_config_announced = false;
+
+/* PRE_COMMIT of a transaction: if it changed a config table, say so. */
 void
-tm_config_changed(void)
+tm_config_pre_commit(void)
 {
-	pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
+	if (tm_inval_all && !tm_config_announced)
+	{
+		pg_atomic_fetch_add_u32(&tm_shared->config_inflight, 1);
+		tm_config_announced = true;
+	}
+}
+
+/* COMMIT (visible now) or ABORT: every backend reads its copy again. */
+void
+tm_config_end_xact(void)
+{
+	if (tm_config_announced && tm_shared != NULL)
+	{
+		pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
+		pg_atomic_fetch_sub_u32(&tm_shared->config_inflight, 1);
+	}
+	tm_config_announced = false;
 }
 
 static SPITupleTable *
@@ -219,9 +244,9 @@ tm_cfg_quota(const char *tier_id, const char *feature)
 /*
  * What tm_lookup and tm_sums answer for a build, from the copy of the
  * config tables and one query for the org's rows and sums, under snapshot
- * (taken after gen was read).  False if the copy cannot answer (a feature
- * it does not know, no default tier): the caller reads the tables, which
- * give the error.
+ * (taken after gen was read).  False if the copy cannot answer (a config
+ * commit in flight or since gen, a feature it does not know, no default
+ * tier): the caller reads the tables, which give any error.
  */
 bool
 tm_lookup_sums_cached(TmOrgFeature *of, TmSums *sums, const char *org_id,
@@ -238,6 +263,9 @@ tm_lookup_sums_cached(TmOrgFeature *of, TmSums *sums, const char *org_id,
 	const TmCfgTier *tier;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
+	pg_memory_barrier();
+	if (pg_atomic_read_u32(&tm_shared->config_inflight) != 0 || tm_config_gen() != gen)
+		return false;
 	if (!cfg.valid || cfg.gen != gen || cfg.dbid != MyDatabaseId)
 		tm_cfg_load(snapshot, gen);
 	f = tm_cfg_feature(feature);

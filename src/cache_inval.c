@@ -97,8 +97,10 @@ tm_inval_tuple_org(TriggerData *td, HeapTuple tuple, bool usage)
 
 	if (attno <= 0 || tuple == NULL)
 	{
+		/* a config table's row (replication fires row triggers only) */
 		tm_inval_all = true;
-		tm_inval_all_usage = true;
+		if (usage)
+			tm_inval_all_usage = true;
 		return;
 	}
 	org = SPI_getvalue(tuple, td->tg_relation->rd_att, attno);
@@ -298,8 +300,6 @@ tm_inval_lookup(void)
 void
 tm_apply_invalidations(void)
 {
-	if (tm_inval_all)
-		tm_config_changed();
 	if (tm_inval_all || tm_shared->features_overflow)
 		tm_inval_scan();
 	else if (tm_inval_orgs != NULL)

@@ -490,6 +490,8 @@ tm_end_xact(bool commit)
 		if (commit && tm_nalerts > 0)
 			tm_apply_alerts();
 	}
+	/* after the entries are marked: a config commit's bump comes last */
+	tm_config_end_xact();
 	tm_commit_xid = InvalidTransactionId;
 	tm_local_reset();
 }
@@ -501,7 +503,10 @@ tm_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 			if (tm_shared != NULL)
+			{
+				tm_config_pre_commit();
 				tm_pre_commit();
+			}
 			break;
 		case XACT_EVENT_COMMIT:
 			tm_end_xact(true);

@@ -1,6 +1,9 @@
 # Usage that arrives by logical replication is seen by the subscriber's
 # shared-memory cache: the invalidation triggers fire in the apply worker
-# (ENABLE ALWAYS), so a cached org answers with the replicated rows.
+# (ENABLE ALWAYS), so a cached org answers with the replicated rows.  So is
+# a replicated config edit, by a session that already holds its copy of the
+# config tables (the apply worker fires their row triggers, not their
+# statement triggers).
 use strict;
 use warnings;
 
@@ -48,5 +51,23 @@ is($sub->safe_psql('postgres', "SELECT allowed || ' ' || used FROM tiermeter.con
 	'true 18000', 'consume on the subscriber uses exactly what is left');
 is($sub->safe_psql('postgres', "SELECT allowed FROM tiermeter.consume('r-1', 1)"),
 	'f', 'and not one second more');
+
+# a config table replicated: a subscriber session that read the config
+# (its copy, for builds) sees the edit on its next call, for a new org
+$pub->safe_psql('postgres', 'ALTER PUBLICATION usage ADD TABLE tiermeter.tier_quotas');
+$sub->safe_psql('postgres', 'ALTER SUBSCRIPTION usage REFRESH PUBLICATION WITH (copy_data = false)');
+my $session = $sub->background_psql('postgres');
+is($session->query_safe("SELECT quota FROM tiermeter.check_org_limits('r-new-1')"),
+	'3600', 'a subscriber session answers a new org from the config it read');
+$pub->safe_psql('postgres',
+	"UPDATE tiermeter.tier_quotas SET quota = 777 WHERE tier_id = 'free' AND feature = 'conversation_seconds'");
+$pub->wait_for_catchup('usage');
+is($sub->safe_psql('postgres', "SELECT quota FROM tiermeter.tier_quotas WHERE tier_id = 'free' AND feature = 'conversation_seconds'"),
+	'777', 'the edit is replicated');
+is($session->query_safe("SELECT quota FROM tiermeter.check_org_limits('r-new-2')"),
+	'777', 'the same session answers the next new org with the replicated quota');
+is($session->query_safe("SELECT quota FROM tiermeter.check_org_limits('r-new-1')"),
+	'777', 'and the org it had read');
+$session->quit;
 
 done_testing();
