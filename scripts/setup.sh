@@ -5,7 +5,8 @@ set -euo pipefail
 
 v=${PG_MAJOR:-15}			# make passes it (the Makefile's PG_MAJOR)
 packages=(postgresql-$v postgresql-server-dev-$v postgresql-$v-pgtap pgtap
-          postgresql-$v-cron libipc-run-perl postgresql-common make gcc openssl valgrind python3-psycopg)
+          postgresql-$v-cron libipc-run-perl postgresql-common make gcc openssl valgrind python3-psycopg
+          python3-psycopg-pool python3-flask chromium)
 
 missing=()
 for p in "${packages[@]}"; do

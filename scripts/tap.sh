@@ -9,6 +9,7 @@ tmp=$(mktemp -d /tmp/tiermeter-tap.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cp -r test/t "$tmp/t"
 cp -r examples "$tmp/examples"		# the examples some tests run
+cp -r test/fixtures "$tmp/fixtures"	# Stripe's fixture objects (TAP 015)
 chmod 755 "$tmp"
 if [ "$(id -u)" -eq 0 ]; then
 	chown -R postgres "$tmp"
@@ -16,6 +17,10 @@ if [ "$(id -u)" -eq 0 ]; then
 else
 	runas=()
 fi
+repo=$PWD
 cd "$tmp"
+# the screenshots the tests take are kept in test/output
+keep() { mkdir -p "$repo/test/output"; cp tmp_check/*.png "$repo/test/output/" 2>/dev/null || true; }
 "${runas[@]}" env PATH="$PGBIN:$PATH" PG_REGRESS="$PG_REGRESS" \
-	prove ${PROVE_FLAGS:-} -I "$PG_PERL" t/*.pl || { for f in tmp_check/log/*; do echo "--- $f"; tail -30 "$f"; cp "$f" /tmp/ 2>/dev/null; done; exit 1; }
+	prove ${PROVE_FLAGS:-} -I "$PG_PERL" t/*.pl || { keep; for f in tmp_check/log/*; do echo "--- $f"; tail -30 "$f"; cp "$f" /tmp/ 2>/dev/null; done; exit 1; }
+keep
