@@ -65,7 +65,7 @@ $(OBJS): src/tiermeter.h
 # the cache's files also include its private header
 src/cache.o src/cache_build.o src/cache_local.o src/cache_reserve.o src/cache_inval.o src/cache_stats.o: src/cache.h
 
-.PHONY: setup demo test
+.PHONY: setup demo example test
 
 setup:
 	@scripts/setup.sh
@@ -73,6 +73,10 @@ setup:
 demo: setup
 	@$(MAKE) --no-print-directory all install >/dev/null
 	@scripts/demo.sh
+
+example: setup
+	@$(MAKE) --no-print-directory all install >/dev/null
+	@scripts/example.sh
 
 test: setup
 	@$(MAKE) --no-print-directory all install
