@@ -281,3 +281,15 @@ printf 'check_org_limits, 8 clients, during the rollover: %.0f tps, %s of the ru
 	"${TPS[during]}" "$(ratio "${TPS[during]}" "${TPS[check]}")"
 echo
 psql -X -q -A -t -d $DB -c "SELECT 'consume on the hot org: used ' || used || ', quota ' || quota || ', within quota: ' || (used <= quota) FROM tiermeter.check_org_limits('hot')"
+
+# the forms a backend can call check_org_limits in through its driver, side
+# by side with SELECT 1 on the same pool: psycopg 3 (Debian's packages) and
+# node-postgres (the npm registry; skipped, and said so, when unreachable)
+echo
+echo "check_org_limits through the drivers (8 requests in flight, ${SECS}s each; docs/getting-started.md):"
+PGDATABASE=$DB /usr/bin/python3 bench/python_forms.py "$ORGS" "$SECS" | sed 's/^/  psycopg 3      /'
+if (cd "$work" && npm init -y >/dev/null 2>&1 && timeout 120 npm install --silent pg@8 >/dev/null 2>&1); then
+	PGDATABASE=$DB NODE_PATH="$work/node_modules" node bench/node_forms.js "$ORGS" "$SECS" | sed 's/^/  node-postgres  /'
+else
+	echo "  node-postgres  skipped: npm could not install pg"
+fi
