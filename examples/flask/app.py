@@ -220,11 +220,17 @@ def usage_page():
     limit, and a warning past the lowest alert threshold."""
     org = current_org()
     stats = query("SELECT tiermeter.usage_stats(%s) AS s", (org,))["s"]
+    # a bar per feature the org's tier includes (org_usage lists them;
+    # check_org_limits says where the warning starts)
     with pools()["app"].connection() as conn:
         features = conn.execute(
-            "SELECT (s).feature, (s).used, (s).quota, (s).percent_used, (s).warning, (s).unlimited"
-            "  FROM (SELECT tiermeter.check_org_limits(%s, f) AS s"
-            "          FROM unnest(%s::text[]) f) x", (org, ["conversation_seconds"])).fetchall()
+            "SELECT (s.r).feature, (s.r).used, (s.r).quota, (s.r).percent_used, (s.r).warning,"
+            "       (s.r).unlimited"
+            "  FROM (SELECT tiermeter.check_org_limits(u.org_id, u.feature) AS r"
+            "          FROM tiermeter.org_usage u"
+            "         WHERE u.org_id = %s AND (u.quota IS NULL OR u.quota > 0)"
+            "         ORDER BY u.feature = 'conversation_seconds' DESC, u.feature OFFSET 0) s",
+            (org,)).fetchall()
     return render_template("usage.html", org=org, stats=stats, features=features)
 
 

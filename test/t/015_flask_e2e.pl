@@ -198,6 +198,10 @@ IPC::Run::run([ @browser, '--dump-dom', $link ], '>', \$dom, '2>', \$berr)
 like($dom, qr/<h1>Usage of page<\/h1>/, 'Chromium followed the sign-in link to the usage page');
 like($dom, qr/class="fill warn" style="width: 85\.0%"/, 'the bar is drawn at 85 %, in the warning colour');
 like($dom, qr/id="warning">You have used 85\.0 % of your conversation time/, 'the warning is shown');
+# a bar per feature the free tier includes (users, pages, documents), none
+# for those it does not (spreadsheets, reports, ...)
+is(join(' ', $dom =~ /id="feature-(\w+)"/g), 'conversation_seconds documents pages users',
+	'a bar per feature the tier includes');
 
 my $shot = "$PostgreSQL::Test::Utils::tmp_check/usage_page.png";
 IPC::Run::run([ @browser, "--screenshot=$shot", $link ], '>', \my $sout, '2>', \$berr)
