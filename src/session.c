@@ -270,7 +270,7 @@ tiermeter_touch_session(PG_FUNCTION_ARGS)
 	char	   *org_id = tm_arg_id(fcinfo, 0, "org_id");
 	char	   *conversation_id = tm_arg_id(fcinfo, 1, "conversation_id");
 	bool		clock = PG_NARGS() < 3 || PG_ARGISNULL(2);
-	TimestampTz at = clock ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(2);
+	TimestampTz at = clock ? 0 : PG_GETARG_TIMESTAMPTZ(2);	/* clock: read below */
 	MemoryContext cxt = CurrentMemoryContext;
 	Datum		key[2];
 	TmOwnerSave save;
