@@ -23,6 +23,9 @@ OBJS = \
 	src/cache_inval.o \
 	src/cache_stats.o \
 	src/cache_config.o \
+	src/cache_twophase.o \
+	src/twophase.o \
+	src/notify.o \
 	src/alerts.o \
 	src/session.o \
 	src/stripe.o \
@@ -37,11 +40,11 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions thresholds views nulls cache_stats access
+REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions thresholds views nulls cache_stats access twophase
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end session_touch_wait threshold_race
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end session_touch_wait threshold_race twophase_consume
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

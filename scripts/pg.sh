@@ -15,4 +15,5 @@ PG_PERL=$PGXS_DIR/src/test/perl
 EXTVERSION=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" tiermeter.control)
 # a throwaway cluster of this major version (Debian's postgresql-common);
 # to run beside another one: PG_VIRTUALENV_OPTS='-t -o port=5499'
-virtualenv() { pg_virtualenv ${PG_VIRTUALENV_OPTS:-} -v "$PG_MAJOR" "$@"; }
+# (sql/twophase.sql prepares transactions: max_prepared_transactions > 0)
+virtualenv() { pg_virtualenv ${PG_VIRTUALENV_OPTS:-} -o max_prepared_transactions=10 -v "$PG_MAJOR" "$@"; }

@@ -22,6 +22,7 @@ port = $port
 listen_addresses = ''
 unix_socket_directories = '$dir'
 max_connections = 20
+max_prepared_transactions = 10
 CONF
 
 as_pg valgrind --quiet --trace-children=yes --leak-check=no --error-limit=no \

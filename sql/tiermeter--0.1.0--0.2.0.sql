@@ -31,13 +31,41 @@ ALTER FUNCTION @extschema@._require_tier(text) PARALLEL RESTRICTED;
 -- limit_events by a role allowed to.
 ------------------------------------------------------------------------------
 
+-- The trigger only queues the event: the transaction sends the NOTIFY at its
+-- commit.  A prepared transaction cannot NOTIFY: its events wait in
+-- _unannounced until COMMIT PREPARED, and the session that commits it (or
+-- rollover) announces them (docs/design.md, "Two-phase commit").
 CREATE OR REPLACE FUNCTION @extschema@._notify_limit_event() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+AS 'MODULE_PATHNAME', 'tiermeter_notify_trigger' LANGUAGE C;
+COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: queues NOTIFY tiermeter with the new limit event''s id and kind only (JSON), sent when the transaction commits (after COMMIT PREPARED for a prepared one).';
+
+CREATE TABLE @extschema@._unannounced (
+	event_id	bigint PRIMARY KEY,
+	kind		text NOT NULL
+);
+COMMENT ON TABLE @extschema@._unannounced IS 'Internal: limit events written by a prepared transaction, not announced yet (a prepared transaction cannot NOTIFY). Emptied by _announce_events().';
+REVOKE ALL ON @extschema@._unannounced FROM PUBLIC;
+
+CREATE FUNCTION @extschema@._announce_events() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	record;
+	n	bigint := 0;
 BEGIN
-	PERFORM pg_notify('tiermeter', jsonb_build_object('id', NEW.id, 'kind', NEW.kind)::text);
-	RETURN NULL;
+	-- committed rows only; rows another announcer holds are left to it
+	FOR r IN DELETE FROM @extschema@._unannounced u
+			  WHERE u.event_id IN (SELECT x.event_id FROM @extschema@._unannounced x
+									ORDER BY x.event_id FOR UPDATE SKIP LOCKED)
+			  RETURNING u.event_id, u.kind
+	LOOP
+		PERFORM pg_notify('tiermeter', jsonb_build_object('id', r.event_id, 'kind', r.kind)::text);
+		n := n + 1;
+	END LOOP;
+	RETURN n;
 END $$;
-COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: sends NOTIFY tiermeter with the new limit event''s id and kind only (JSON).';
+COMMENT ON FUNCTION @extschema@._announce_events() IS 'Internal: sends NOTIFY tiermeter (at this transaction''s commit) for the committed limit events of prepared transactions that were not announced yet; returns how many. Run after COMMIT PREPARED and by rollover().';
+REVOKE ALL ON FUNCTION @extschema@._announce_events() FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Writes that bypass the functions (a backfill, COPY, pg_restore
@@ -1796,6 +1824,9 @@ BEGIN
 	END IF;
 	-- one runner at a time: a second one waits, then finds nothing to move
 	PERFORM pg_advisory_xact_lock(hashtext('tiermeter'), 1);
+	-- limit events of prepared transactions committed where nobody announced
+	-- them (a COMMIT PREPARED in a session without the library)
+	PERFORM @extschema@._announce_events();
 	-- housekeeping only: every function already answers from the period
 	-- containing now(), whether or not this ever runs
 	-- (two calls of the C function cost less than a subquery for each row)
@@ -1821,7 +1852,7 @@ BEGIN
 	END LOOP;
 	RETURN moved;
 END $$;
-COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of, and ends the sessions idle by now (counting their time up to then); returns how many orgs moved. Housekeeping: limits never depend on it. One runner at a time.';
+COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose stored period ended by as_of to the period containing as_of, ends the sessions idle by now (counting their time up to then), and announces limit events of prepared transactions nobody announced; returns how many orgs moved. Housekeeping: limits never depend on it. One runner at a time.';
 
 ------------------------------------------------------------------------------
 -- Analysts' views (docs/reference.md, "Views"): from the tables, not the

@@ -85,6 +85,7 @@ tm_shmem_size(void)
 	size = add_size(size, MAXALIGN(mul_size(tm_ring_size(), sizeof(pg_atomic_uint64))));
 	size = add_size(size, MAXALIGN(mul_size(tm_ring_size(), sizeof(int32))));
 	size = add_size(size, mul_size(tm_stat_slots(), sizeof(TmStatSlot)));
+	size = add_size(size, tm_prepared_shmem_size());
 	return add_size(size, PG_CACHE_LINE_SIZE);
 }
 
@@ -94,7 +95,7 @@ tm_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(tm_shmem_size());
-	RequestNamedLWLockTranche(TM_TRANCHE, TM_PARTITIONS);
+	RequestNamedLWLockTranche(TM_TRANCHE, TM_PARTITIONS + 1);
 }
 
 static void
@@ -154,6 +155,7 @@ tm_shmem_startup(void)
 			for (j = 0; j < TM_NSTATS; j++)
 				pg_atomic_init_u64(&tm_stats[i].n[j], 0);
 		}
+	tm_prepared_shmem_init();
 	info.keysize = sizeof(TmCacheKey);
 	info.entrysize = sizeof(TmEntry);
 	info.num_partitions = TM_PARTITIONS;

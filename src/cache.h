@@ -15,6 +15,8 @@
  *	cache_reserve.c	consume's reservations against the quota
  *	cache_inval.c	invalidation of config: the triggers, this transaction's
  *					invalidation set, applying it at commit
+ *	cache_twophase.c	prepared transactions: the orgs they touched, answered
+ *					from the tables until COMMIT or ROLLBACK PREPARED
  */
 #ifndef TM_CACHE_H
 #define TM_CACHE_H
@@ -28,6 +30,7 @@
 #include "utils/hsearch.h"
 
 #define TM_PARTITIONS	16
+#define TM_PREPARED_LOCK	TM_PARTITIONS	/* the tranche's last lock */
 
 /* a transaction that recorded for more keys than this (and than an eighth
  * of the cache) has its orgs invalidated at commit, not its entries pinned */
@@ -141,6 +144,14 @@ typedef struct TmShared
 	bool		features_overflow;
 	char		features[TM_MAX_FEATURES][TM_KEY_LEN];
 
+	/*
+	 * prepared transactions (cache_twophase.c): slots in use, plus one until
+	 * the first check after start has registered those recovered from disk
+	 */
+	pg_atomic_uint32 nprepared;
+	pg_atomic_uint32 prepared_checked;
+	int32		nprepared_slots;
+
 	/* statistics: what cache_stats_reset() subtracts, and when */
 	slock_t		stats_mutex;
 	uint64		stats_base[TM_NSTATS];
@@ -204,6 +215,21 @@ typedef struct TmLocal
 	TmEntry    *entry;			/* pinned while registered or reserved */
 } TmLocal;
 
+/* iterating over this transaction's notes (cache_local.c) */
+typedef struct TmLocalIter
+{
+	bool		first_done;
+	bool		in_hash;
+	HASH_SEQ_STATUS seq;
+} TmLocalIter;
+
+/* an org in this transaction's invalidation set (cache_inval.c) */
+typedef struct TmInvalOrg
+{
+	char		org_id[TM_KEY_LEN];
+	bool		usage;			/* its usage or period may have changed */
+} TmInvalOrg;
+
 /* cache.c */
 extern TmShared *tm_shared;
 extern HTAB *tm_htab;
@@ -249,6 +275,8 @@ extern TmLocal *tm_local_find(const TmCacheKey *key);
 extern TmLocal *tm_local_entry(const TmCacheKey *key, uint32 hash);
 extern int64 tm_own_amount(const TmCacheKey *key, const TmOrgFeature *of);
 extern void tm_add_own(const TmCacheKey *key, const TmOrgFeature *of, TmSums *sums);
+extern TmLocal *tm_local_next(TmLocalIter *it);
+extern bool tm_needs_registration(const TmLocal *l);
 extern void tm_undo_push(const TmCacheKey *key, int64 amount, int64 reserved);
 extern void tm_entry_set_alerted(TmEntry *e, uint32 mask);
 
@@ -259,6 +287,13 @@ extern bool tm_inval_all_usage;
 extern HTAB *tm_inval_orgs;
 
 extern void tm_apply_invalidations(void);
+
+/* cache_twophase.c */
+extern Size tm_prepared_shmem_size(void);
+extern void tm_prepared_shmem_init(void);
+extern bool tm_prepared_bypass_locked(const char *org_id);
+extern void tm_prepared_pre_prepare(void);
+extern void tm_prepared_end_xact(bool prepared);
 
 /* cache_config.c */
 extern uint64 tm_config_gen(void);

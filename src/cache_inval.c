@@ -27,13 +27,11 @@ bool		tm_inval_all = false;		/* every org's config */
 bool		tm_inval_all_usage = false;	/* every org's usage too */
 HTAB	   *tm_inval_orgs = NULL;	/* TmInvalOrg, in TopTransactionContext */
 
-typedef struct TmInvalOrg
-{
-	char		org_id[TM_KEY_LEN];
-	bool		usage;			/* its usage or period may have changed */
-} TmInvalOrg;
-
-/* Did this transaction change the config of this org (or all)? */
+/*
+ * Is the org answered from the tables?  When this transaction changed its
+ * config (or all), and while a prepared transaction that touched it is
+ * unresolved (cache_twophase.c).
+ */
 bool
 tm_cache_bypass(const char *org_id)
 {
@@ -47,6 +45,8 @@ tm_cache_bypass(const char *org_id)
 		strlcpy(buf, org_id, sizeof(buf));
 		bypass = hash_search(tm_inval_orgs, buf, HASH_FIND, NULL) != NULL;
 	}
+	if (!bypass && tm_shared != NULL)
+		bypass = tm_cache_prepared_bypass(org_id);
 	if (bypass && tm_shared != NULL)
 		tm_count(TM_STAT_FALLBACKS);
 	return bypass;

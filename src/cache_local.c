@@ -45,12 +45,6 @@ static TmLocal tm_first;
 static bool tm_first_used = false;
 static HTAB *tm_local = NULL;
 
-typedef struct TmLocalIter
-{
-	bool		first_done;
-	bool		in_hash;
-	HASH_SEQ_STATUS seq;
-} TmLocalIter;
 /*
  * threshold_reached events this transaction wrote or found, by key: applied
  * to the entries at COMMIT; those of a subtransaction that rolls back are
@@ -95,7 +89,7 @@ tm_local_find(const TmCacheKey *key)
 	return NULL;
 }
 
-static TmLocal *
+TmLocal *
 tm_local_next(TmLocalIter *it)
 {
 	if (!it->first_done)
@@ -342,7 +336,7 @@ tm_local_reset(void)
 	tm_inval_orgs = NULL;
 }
 
-static inline bool
+bool
 tm_needs_registration(const TmLocal *l)
 {
 	return l->amount != 0 || l->reserved != 0 || l->created_org || l->mixed || l->stale;
@@ -511,15 +505,24 @@ tm_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			tm_end_xact(true);
 			break;
-		case XACT_EVENT_ABORT:
-			tm_end_xact(false);
+		case XACT_EVENT_PRE_PREPARE:
+			if (tm_shared != NULL)
+				tm_prepared_pre_prepare();
 			break;
 		case XACT_EVENT_PREPARE:
-		case XACT_EVENT_PRE_PREPARE:
-			if (tm_first_used || tm_inval_all || tm_inval_orgs != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("tiermeter: cannot PREPARE a transaction that recorded usage")));
+			/*
+			 * Prepared: the org stays answered from the tables until COMMIT
+			 * or ROLLBACK PREPARED (cache_twophase.c), so the notes are
+			 * dropped here, and the reservations go, as at an abort.
+			 */
+			if (tm_shared != NULL)
+				tm_prepared_end_xact(true);
+			tm_end_xact(false);
+			break;
+		case XACT_EVENT_ABORT:
+			if (tm_shared != NULL)
+				tm_prepared_end_xact(false);
+			tm_end_xact(false);
 			break;
 		default:
 			break;

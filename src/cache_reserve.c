@@ -42,8 +42,10 @@ tm_cache_reserve(const TmCacheKey *key, uint32 hash, int64 amount,
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
 	if (e == NULL || !tm_entry_current(e, now) ||
-		e->period_start != of->period.start || e->unlimited != of->unlimited)
+		e->period_start != of->period.start || e->unlimited != of->unlimited ||
+		tm_prepared_bypass_locked(key->org_id))
 	{
+		/* (prepared since this call began: its lock decides, on the table path) */
 		LWLockRelease(lock);
 		return TM_RESERVE_MISS;
 	}

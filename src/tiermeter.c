@@ -52,6 +52,8 @@ _PG_init(void)
 		tm_cache_init();
 	}
 	tm_cache_register_callbacks();
+	tm_notify_register_callbacks();
+	tm_twophase_init();
 
 	MarkGUCPrefixReserved("tiermeter");
 }

@@ -249,6 +249,21 @@ extern void tm_cache_note_alerted(const TmCacheKey *key, uint32 hash, TimestampT
 								  const int32 *percents, int n);
 extern uint32 tm_cache_own_alerted(const TmCacheKey *key, const TmOrgFeature *of);
 
+/* cache_twophase.c: the cache and prepared transactions */
+extern bool tm_cache_prepared_bypass(const char *org_id);
+extern void tm_cache_prepared_check(void);
+extern void tm_cache_prepared_resolve(const char *gid, bool commit);
+
+/* twophase.c: PREPARE TRANSACTION, COMMIT and ROLLBACK PREPARED */
+extern void tm_twophase_init(void);
+extern const char *tm_twophase_gid(void);
+
+/* notify.c: NOTIFY tiermeter for limit events, at commit */
+extern void tm_notify_register_callbacks(void);
+
+/* usage.c: the table path's lock of an (org, feature) */
+extern void tm_lock_org_feature_ids(const char *org_id, const char *feature);
+
 /* alerts.c: threshold_reached events */
 extern uint32 tm_alerted_mask(const TmOrgFeature *of, Snapshot snapshot);
 extern uint32 tm_alerted_for_build(const TmOrgFeature *of, int64 used, int64 granted,

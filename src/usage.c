@@ -119,24 +119,31 @@ tm_in_period(const TmOrgFeature *of, TimestampTz t)
 /*
  * Serializes the writers that must see each other's committed usage of one
  * (org, feature) on the table path: consume, and negative gauge deltas.
- * Held to the end of the transaction.  Returns the snapshot to sum under.
+ * Held to the end of the transaction (a prepared one keeps it until COMMIT
+ * or ROLLBACK PREPARED).  tm_lock_org_feature returns the snapshot to sum
+ * under.
  */
-static Snapshot
-tm_lock_org_feature(const TmOrgFeature *of)
+void
+tm_lock_org_feature_ids(const char *org_id, const char *feature)
 {
 	LOCKTAG		tag;
 	StringInfoData key;
 	uint64		h;
 
 	initStringInfo(&key);
-	appendBinaryStringInfo(&key, of->org_id, strlen(of->org_id) + 1);
-	appendStringInfoString(&key, of->feature);
+	appendBinaryStringInfo(&key, org_id, strlen(org_id) + 1);
+	appendStringInfoString(&key, feature);
 	h = hash_bytes_extended((const unsigned char *) key.data, key.len, 0);
 	pfree(key.data);
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, TM_LOCK_SPACE);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
 
+static Snapshot
+tm_lock_org_feature(const TmOrgFeature *of)
+{
+	tm_lock_org_feature_ids(of->org_id, of->feature);
 	return tm_latest_snapshot();
 }
 

@@ -6,7 +6,7 @@ SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
 	'alert_thresholds', 'orgs', 'org_quotas', 'usage_grants', 'usage_log', 'limit_events',
 	'stripe_events', 'stripe_subscriptions', 'stripe_customers', '_seeds', '_access', '_deleted_seeds',
-	'sessions', '_session_slots']);
+	'sessions', '_session_slots', '_unannounced']);
 
 SELECT has_type('tiermeter', 'limit_status', 'limit_status exists');
 SELECT columns_are('tiermeter', 'limit_status', ARRAY['org_id', 'tier', 'feature', 'allowed',
