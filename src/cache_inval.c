@@ -224,9 +224,12 @@ tm_inval_entry(TmEntry *e, bool usage)
 	tm_count(TM_STAT_INVALIDATIONS);
 }
 
-/* Every entry of this database (config tables, TRUNCATE): one scan. */
+/*
+ * Every entry of this database (config tables, TRUNCATE): one scan.  With
+ * all, every entry (invalid if all_usage); else those of orgs.
+ */
 static void
-tm_inval_scan(void)
+tm_inval_scan_for(bool all, bool all_usage, HTAB *orgs)
 {
 	HASH_SEQ_STATUS seq;
 	TmEntry    *e;
@@ -241,56 +244,89 @@ tm_inval_scan(void)
 
 		if (e->key.dbid != MyDatabaseId)
 			continue;
-		if (tm_inval_orgs != NULL)
-			o = hash_search(tm_inval_orgs, e->key.org_id, HASH_FIND, NULL);
-		if (!tm_inval_all && o == NULL)
+		if (orgs != NULL)
+			o = hash_search(orgs, e->key.org_id, HASH_FIND, NULL);
+		if (!all && o == NULL)
 			continue;
-		tm_inval_entry(e, tm_inval_all_usage || (o != NULL && o->usage));
+		tm_inval_entry(e, all_usage || (o != NULL && o->usage));
 	}
 	for (i = TM_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&tm_shared->locks[i].lock);
 }
 
+static void
+tm_inval_scan(void)
+{
+	tm_inval_scan_for(tm_inval_all, tm_inval_all_usage, tm_inval_orgs);
+}
+
 /*
- * The entries of the orgs this transaction changed: each (org, feature)
- * looked up under its own partition lock, so the cost is the orgs' and no
- * lock is held for long, whatever the cache size.  An entry created after
- * its lookup is built from a snapshot that sees this commit (it is visible
- * before the callback runs), so it needs no mark.
+ * One org's entries, each (org, feature) looked up under its own partition
+ * lock.  Allocates nothing: it cannot fail.
+ */
+static void
+tm_inval_one_org(const char *org_id, bool usage)
+{
+	TmCacheKey	key;
+	int			nfeatures = tm_feature_count();
+	int			f;
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	strlcpy(key.org_id, org_id, TM_KEY_LEN);
+	for (f = 0; f < nfeatures; f++)
+	{
+		uint32		hash;
+		LWLock	   *lock;
+		TmEntry    *e;
+
+		memset(key.feature, 0, TM_KEY_LEN);
+		strlcpy(key.feature, tm_feature_name(f), TM_KEY_LEN);
+		hash = get_hash_value(tm_htab, &key);
+		lock = tm_lock_for(hash);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = hash_search_with_hash_value(tm_htab, &key, hash, HASH_FIND, NULL);
+		if (e != NULL)
+			tm_inval_entry(e, usage);
+		LWLockRelease(lock);
+	}
+}
+
+/*
+ * The entries of the orgs this transaction changed: looked up one by one,
+ * so the cost is the orgs' and no lock is held for long, whatever the cache
+ * size.  An entry created after its lookup is built from a snapshot that
+ * sees this commit (it is visible before the callback runs), so it needs
+ * no mark.
  */
 static void
 tm_inval_lookup(void)
 {
 	HASH_SEQ_STATUS seq;
 	TmInvalOrg *o;
-	int			nfeatures = tm_feature_count();
 
 	hash_seq_init(&seq, tm_inval_orgs);
 	while ((o = hash_seq_search(&seq)) != NULL)
+		tm_inval_one_org(o->org_id, o->usage);
+}
+
+/*
+ * Now, not at commit, and without allocating (a prepared transaction's
+ * commit, cache_twophase.c): the usage of every org of this database, or
+ * of each of orgs.
+ */
+void
+tm_inval_now(bool all, const char (*orgs)[TM_KEY_LEN], int norgs)
+{
+	int			i;
+
+	if (all || tm_shared->features_overflow)
 	{
-		TmCacheKey	key;
-		int			f;
-
-		memset(&key, 0, sizeof(key));
-		key.dbid = MyDatabaseId;
-		memcpy(key.org_id, o->org_id, TM_KEY_LEN);
-		for (f = 0; f < nfeatures; f++)
-		{
-			uint32		hash;
-			LWLock	   *lock;
-			TmEntry    *e;
-
-			memset(key.feature, 0, TM_KEY_LEN);
-			strlcpy(key.feature, tm_feature_name(f), TM_KEY_LEN);
-			hash = get_hash_value(tm_htab, &key);
-			lock = tm_lock_for(hash);
-			LWLockAcquire(lock, LW_EXCLUSIVE);
-			e = hash_search_with_hash_value(tm_htab, &key, hash, HASH_FIND, NULL);
-			if (e != NULL)
-				tm_inval_entry(e, o->usage);
-			LWLockRelease(lock);
-		}
+		tm_inval_scan_for(true, true, NULL);
+		return;
 	}
+	for (i = 0; i < norgs; i++)
+		tm_inval_one_org(orgs[i], true);
 }
 
 /*

@@ -18,19 +18,27 @@
  * reservation already under way checks it under the partition lock) and
  * waits on that lock until the prepared transaction is resolved.
  *
- * COMMIT PREPARED (twophase.c sees it run) bumps the config generation,
- * invalidates the orgs' entries, and only then frees the slot, so no
- * entry built before the commit survives it.  After a restart nothing is
- * known: until the first check has registered every prepared transaction
- * recovered from disk, every org is answered from the tables.
+ * A slot is keyed by the transaction's xid.  Once that is no longer in
+ * progress (COMMIT or ROLLBACK PREPARED ran, in any session, or in a
+ * logical replication apply worker, which runs no statement), whoever
+ * notices first resolves the slot: after a commit it bumps the config
+ * generation, invalidates the orgs' entries, and only then frees the slot,
+ * so no entry built before the commit survives it.  The session that ran
+ * COMMIT or ROLLBACK PREPARED does so at once (twophase.c); a call about
+ * one of the orgs does it otherwise.  After a restart nothing is known:
+ * until the first check has registered every prepared transaction
+ * recovered from disk (as touching all orgs, with events to announce),
+ * every org is answered from the tables.
  */
 #include "cache.h"
 
+#include "access/transam.h"
 #include "access/twophase.h"
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -40,18 +48,20 @@ typedef enum TmPreparedState
 {
 	TM_PREP_FREE,
 	TM_PREP_PREPARING,			/* between PRE_PREPARE and PREPARE */
-	TM_PREP_PREPARED
+	TM_PREP_PREPARED,
+	TM_PREP_RESOLVING			/* resolved, its entries being invalidated */
 } TmPreparedState;
 
 typedef struct TmPrepared
 {
 	TmPreparedState state;
-	int			owner;			/* pgprocno of the preparing backend */
+	TransactionId xid;			/* the prepared transaction's top xid */
 	Oid			dbid;
 	bool		all_orgs;
 	bool		config;			/* changed config: bump the generation */
+	bool		events;			/* wrote limit events to announce */
 	int			norgs;
-	char		gid[GIDSIZE];
+	char		gid[GIDSIZE];	/* when known: '' in an apply worker */
 	char		orgs[TM_PREPARED_ORGS][TM_KEY_LEN];
 } TmPrepared;
 
@@ -79,7 +89,7 @@ tm_prepared_slots(void)
 Size
 tm_prepared_shmem_size(void)
 {
-	return MAXALIGN(mul_size(tm_prepared_slots(), sizeof(TmPrepared)));
+	return MAXALIGN(mul_size(Max(tm_prepared_slots(), 1), sizeof(TmPrepared)));
 }
 
 /* At shared memory creation (caller holds AddinShmemInitLock). */
@@ -90,7 +100,7 @@ tm_prepared_shmem_init(void)
 	int32		n = tm_prepared_slots();
 
 	tm_prepared = ShmemInitStruct("tiermeter prepared transactions",
-								  Max(tm_prepared_shmem_size(), sizeof(TmPrepared)), &found);
+								  tm_prepared_shmem_size(), &found);
 	if (!found)
 	{
 		int			i;
@@ -117,6 +127,23 @@ tm_slot_has_org(const TmPrepared *p, const char *org_id)
 	return false;
 }
 
+/* The first slot of this database touching org_id at or after *from; -1 if none. */
+static int
+tm_slot_match(const char *org_id, int from)
+{
+	int			i;
+
+	for (i = from; i < tm_shared->nprepared_slots; i++)
+	{
+		TmPrepared *p = &tm_prepared[i];
+
+		if (p->state != TM_PREP_FREE && p->dbid == MyDatabaseId &&
+			tm_slot_has_org(p, org_id))
+			return i;
+	}
+	return -1;
+}
+
 /*
  * Is the org touched by a prepared transaction (or may it be)?  Without a
  * check yet, every org may be.  Takes the registry lock: callable under a
@@ -125,28 +152,21 @@ tm_slot_has_org(const TmPrepared *p, const char *org_id)
 bool
 tm_prepared_bypass_locked(const char *org_id)
 {
-	bool		found = false;
-	int			i;
+	bool		found;
 
 	if (likely(pg_atomic_read_u32(&tm_shared->nprepared) == 0))
 		return false;
 	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
 		return true;
 	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
-	for (i = 0; i < tm_shared->nprepared_slots && !found; i++)
-	{
-		TmPrepared *p = &tm_prepared[i];
-
-		found = p->state != TM_PREP_FREE && p->dbid == MyDatabaseId &&
-			tm_slot_has_org(p, org_id);
-	}
+	found = tm_slot_match(org_id, 0) >= 0;
 	LWLockRelease(tm_prepared_lock());
 	return found;
 }
 
 /* Takes a free slot (registry lock held exclusively); -1 if none. */
 static int
-tm_slot_take(Oid dbid, const char *gid)
+tm_slot_take(Oid dbid, TransactionId xid, const char *gid)
 {
 	int			i;
 
@@ -156,12 +176,13 @@ tm_slot_take(Oid dbid, const char *gid)
 
 		if (p->state != TM_PREP_FREE)
 			continue;
+		p->xid = xid;
 		p->dbid = dbid;
 		p->all_orgs = false;
 		p->config = false;
+		p->events = false;
 		p->norgs = 0;
-		p->owner = -1;
-		strlcpy(p->gid, gid, GIDSIZE);
+		strlcpy(p->gid, gid ? gid : "", GIDSIZE);
 		pg_atomic_fetch_add_u32(&tm_shared->nprepared, 1);
 		return i;
 	}
@@ -176,52 +197,123 @@ tm_slot_free(int i)
 	pg_atomic_fetch_sub_u32(&tm_shared->nprepared, 1);
 }
 
-static int
-tm_slot_find(Oid dbid, const char *gid)
+/*
+ * Resolves slot i if its transaction is no longer in progress: after a
+ * commit, the config generation moves and its orgs' entries are
+ * invalidated, then the slot goes.  Allocates nothing and holds no lock
+ * when called.
+ */
+static void
+tm_slot_resolve(int i)
+{
+	TmPrepared	copy;
+	TransactionId xid;
+
+	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
+	xid = tm_prepared[i].xid;
+	if (tm_prepared[i].state != TM_PREP_PREPARED || tm_prepared[i].dbid != MyDatabaseId)
+		xid = InvalidTransactionId;
+	LWLockRelease(tm_prepared_lock());
+	/* a prepared transaction is in progress until COMMIT/ROLLBACK PREPARED */
+	if (!TransactionIdIsValid(xid) || TransactionIdIsInProgress(xid))
+		return;
+
+	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
+	if (tm_prepared[i].state != TM_PREP_PREPARED || tm_prepared[i].xid != xid ||
+		tm_prepared[i].dbid != MyDatabaseId)
+	{
+		LWLockRelease(tm_prepared_lock());
+		return;					/* someone else resolves it */
+	}
+	tm_prepared[i].state = TM_PREP_RESOLVING;	/* its orgs still bypass */
+	memcpy(&copy, &tm_prepared[i], sizeof(copy));
+	LWLockRelease(tm_prepared_lock());
+
+	if (TransactionIdDidCommit(xid))
+	{
+		if (copy.config || copy.all_orgs)
+			pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
+		tm_inval_now(copy.all_orgs, (const char (*)[TM_KEY_LEN]) copy.orgs, copy.norgs);
+	}
+
+	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
+	tm_slot_free(i);
+	LWLockRelease(tm_prepared_lock());
+}
+
+/* Resolves every slot of this database whose transaction ended. */
+void
+tm_cache_prepared_resolve(void)
 {
 	int			i;
 
+	if (tm_shared == NULL || pg_atomic_read_u32(&tm_shared->nprepared) == 0)
+		return;
+	for (i = 0; i < tm_shared->nprepared_slots; i++)
+		tm_slot_resolve(i);
+}
+
+/*
+ * Will COMMIT PREPARED of gid (in this database) leave limit events to
+ * announce?  Also true when unknown: before the check after a restart.
+ */
+bool
+tm_cache_prepared_events(const char *gid)
+{
+	bool		events = false;
+	int			i;
+
+	if (tm_shared == NULL)
+		return true;
+	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
+		return true;
+	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
 	for (i = 0; i < tm_shared->nprepared_slots; i++)
 	{
 		TmPrepared *p = &tm_prepared[i];
 
-		if (p->state != TM_PREP_FREE && p->dbid == dbid && strcmp(p->gid, gid) == 0)
-			return i;
+		if (p->state != TM_PREP_FREE && p->dbid == MyDatabaseId &&
+			strcmp(p->gid, gid) == 0)
+			events = p->events;
 	}
-	return -1;
+	LWLockRelease(tm_prepared_lock());
+	return events;
 }
 
 /*
  * After a start: registers every prepared transaction recovered from disk
- * as touching every org of its database.  Runs once; whoever resolves a
- * prepared transaction runs it first, so none is resolved unregistered.
+ * as touching every org of its database.  Runs once.  One resolved before
+ * the check is not listed: its rows are visible, and nothing was cached
+ * meanwhile.
  */
-void
-tm_cache_prepared_check(void)
+static void
+tm_prepared_check(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	int			n;
 	int			i;
 	char	  **gids;
 	Oid		   *dbids;
+	TransactionId *xids;
 
-	if (tm_shared == NULL || pg_atomic_read_u32(&tm_shared->prepared_checked))
-		return;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "tiermeter: SPI_connect failed");
-	if (SPI_execute("SELECT gid, dbid FROM pg_catalog.pg_prepared_xact()", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT gid, dbid, transaction::text::bigint FROM pg_catalog.pg_prepared_xact()",
+					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tiermeter: reading the prepared transactions failed");
 	n = (int) SPI_processed;
 	gids = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
 	dbids = MemoryContextAlloc(cxt, sizeof(Oid) * Max(n, 1));
+	xids = MemoryContextAlloc(cxt, sizeof(TransactionId) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		char	   *gid = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
-		gids[i] = MemoryContextStrdup(cxt, gid);
-		dbids[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-												  SPI_tuptable->tupdesc, 2, &isnull));
+		gids[i] = MemoryContextStrdup(cxt, SPI_getvalue(row, desc, 1));
+		dbids[i] = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+		xids[i] = (TransactionId) DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
 	}
 	SPI_finish();
 
@@ -231,15 +323,20 @@ tm_cache_prepared_check(void)
 		for (i = 0; i < n; i++)
 		{
 			int			slot;
+			int			j;
+			bool		known = false;
 
 			/* prepared since the start: registered at its PRE_PREPARE */
-			if (tm_slot_find(dbids[i], gids[i]) >= 0)
+			for (j = 0; j < tm_shared->nprepared_slots && !known; j++)
+				known = tm_prepared[j].state != TM_PREP_FREE && tm_prepared[j].xid == xids[i];
+			if (known)
 				continue;
-			slot = tm_slot_take(dbids[i], gids[i]);
+			slot = tm_slot_take(dbids[i], xids[i], gids[i]);
 			if (slot < 0)
 				break;			/* cannot happen: twice the maximum */
 			tm_prepared[slot].all_orgs = true;
 			tm_prepared[slot].config = true;
+			tm_prepared[slot].events = true;
 			tm_prepared[slot].state = TM_PREP_PREPARED;
 		}
 		/* every org stays answered from the tables if one did not fit */
@@ -252,14 +349,28 @@ tm_cache_prepared_check(void)
 	LWLockRelease(tm_prepared_lock());
 }
 
-/* Is the org touched by a prepared transaction?  Runs the check first. */
+/*
+ * Is the org touched by a prepared transaction?  Runs the check first, and
+ * resolves the slots that match if their transaction ended.
+ */
 bool
 tm_cache_prepared_bypass(const char *org_id)
 {
+	int			i;
+
 	if (likely(pg_atomic_read_u32(&tm_shared->nprepared) == 0))
 		return false;
 	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
-		tm_cache_prepared_check();
+		tm_prepared_check();
+	for (i = 0;; i++)
+	{
+		LWLockAcquire(tm_prepared_lock(), LW_SHARED);
+		i = tm_slot_match(org_id, i);
+		LWLockRelease(tm_prepared_lock());
+		if (i < 0)
+			break;
+		tm_slot_resolve(i);
+	}
 	return tm_prepared_bypass_locked(org_id);
 }
 
@@ -274,6 +385,13 @@ tm_slot_add_org(TmPrepared *p, const char *org_id)
 		strlcpy(p->orgs[p->norgs++], org_id, TM_KEY_LEN);
 }
 
+static int
+tm_key_cmp(const void *a, const void *b)
+{
+	return memcmp(*(const TmCacheKey *const *) a, *(const TmCacheKey *const *) b,
+				  sizeof(TmCacheKey));
+}
+
 /*
  * PRE_PREPARE: registers the orgs this transaction touched, and turns its
  * reservations into locks.  May fail: the PREPARE fails with it.
@@ -284,35 +402,55 @@ tm_prepared_pre_prepare(void)
 	TmLocalIter it = {0};
 	TmLocal    *l;
 	TmPrepared *p;
-	const char *gid = tm_twophase_gid();
+	TransactionId xid = GetTopTransactionIdIfAny();
+	bool		events = tm_notify_pending();
+	const TmCacheKey **keys;
+	int			nkeys = 0;
+	int			i;
 
-	if (!tm_local_next(&it) && !tm_inval_all && tm_inval_orgs == NULL)
+	if (!tm_local_next(&it) && !tm_inval_all && tm_inval_orgs == NULL && !events)
 		return;					/* touched nothing the cache holds */
-	if (gid == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("tiermeter: cannot PREPARE this transaction: its GID is unknown"),
-				 errhint("Run PREPARE TRANSACTION as a statement of its own.")));
+	if (tm_shared->nprepared_slots == 0 || !TransactionIdIsValid(xid))
+		return;					/* max_prepared_transactions = 0, or wrote nothing */
 
-	/* consume's reservations: the prepared transaction holds the lock */
+	/*
+	 * consume's reservations: the prepared transaction holds the table
+	 * path's lock of each, taken in a fixed order
+	 */
+	memset(&it, 0, sizeof(it));
+	while ((l = tm_local_next(&it)) != NULL)
+		nkeys++;
+	keys = palloc(sizeof(TmCacheKey *) * Max(nkeys, 1));
+	nkeys = 0;
 	memset(&it, 0, sizeof(it));
 	while ((l = tm_local_next(&it)) != NULL)
 		if (l->reserved != 0)
-			tm_lock_org_feature_ids(l->key.org_id, l->key.feature);
+			keys[nkeys++] = &l->key;
+	qsort(keys, nkeys, sizeof(TmCacheKey *), tm_key_cmp);
+	for (i = 0; i < nkeys; i++)
+		tm_lock_org_feature_ids(keys[i]->org_id, keys[i]->feature);
+	pfree(keys);
 
-	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
-	if (tm_slot_find(MyDatabaseId, gid) >= 0 ||
-		(tm_my_slot = tm_slot_take(MyDatabaseId, gid)) < 0)
+	for (i = 0; i < 2 && tm_my_slot < 0; i++)
 	{
+		if (i > 0)
+			tm_cache_prepared_resolve();	/* ended ones nobody noticed */
+		LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
+		tm_my_slot = tm_slot_take(MyDatabaseId, xid, tm_twophase_gid());
+		if (tm_my_slot >= 0)
+			tm_prepared[tm_my_slot].state = TM_PREP_PREPARING;
 		LWLockRelease(tm_prepared_lock());
+	}
+	if (tm_my_slot < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("tiermeter: cannot register prepared transaction \"%s\"", gid),
-				 errdetail("The GID is in use, or every slot (twice max_prepared_transactions) is taken.")));
-	}
+				 errmsg("tiermeter: too many prepared transactions"),
+				 errdetail("Every slot (twice max_prepared_transactions, plus one) holds a transaction being prepared or prepared."),
+				 errhint("Resolve prepared transactions with COMMIT PREPARED or ROLLBACK PREPARED.")));
+
+	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
 	p = &tm_prepared[tm_my_slot];
-	p->owner = MyProc->pgprocno;
-	p->state = TM_PREP_PREPARING;
+	p->events = events;
 	if (tm_inval_all)
 		p->all_orgs = p->config = true;
 	if (tm_inval_orgs != NULL)
@@ -344,53 +482,4 @@ tm_prepared_end_xact(bool prepared)
 		tm_slot_free(tm_my_slot);
 	LWLockRelease(tm_prepared_lock());
 	tm_my_slot = -1;
-}
-
-/*
- * COMMIT or ROLLBACK PREPARED of gid succeeded in this database.  After a
- * commit, the entries of its orgs are invalidated (its rows are visible
- * now), config copies are read again, and only then are the orgs answered
- * from the cache again.
- */
-void
-tm_cache_prepared_resolve(const char *gid, bool commit)
-{
-	TmPrepared	copy;
-	int			slot;
-
-	if (tm_shared == NULL || tm_shared->nprepared_slots == 0)
-		return;
-	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
-	slot = tm_slot_find(MyDatabaseId, gid);
-	if (slot >= 0)
-		memcpy(&copy, &tm_prepared[slot], sizeof(copy));
-	LWLockRelease(tm_prepared_lock());
-	if (slot < 0 || copy.state != TM_PREP_PREPARED)
-		return;
-
-	if (commit)
-	{
-		bool		save_all = tm_inval_all;
-		bool		save_all_usage = tm_inval_all_usage;
-		HTAB	   *save_orgs = tm_inval_orgs;
-		int			i;
-
-		if (copy.config || copy.all_orgs)
-			pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
-		tm_inval_all = copy.all_orgs;
-		tm_inval_all_usage = copy.all_orgs;
-		tm_inval_orgs = NULL;
-		for (i = 0; i < copy.norgs && !copy.all_orgs; i++)
-			tm_inval_org(copy.orgs[i], true);
-		tm_apply_invalidations();
-		tm_inval_all = save_all;
-		tm_inval_all_usage = save_all_usage;
-		tm_inval_orgs = save_orgs;
-	}
-
-	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
-	if (tm_prepared[slot].state == TM_PREP_PREPARED &&
-		tm_prepared[slot].dbid == MyDatabaseId && strcmp(tm_prepared[slot].gid, gid) == 0)
-		tm_slot_free(slot);
-	LWLockRelease(tm_prepared_lock());
 }

@@ -75,6 +75,13 @@ tiermeter_notify_trigger(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/* Has this transaction queued events (to keep at PRE_PREPARE)? */
+bool
+tm_notify_pending(void)
+{
+	return tm_nnotices > 0;
+}
+
 /* {"id": <id>, "kind": <kind>}, as jsonb prints it */
 static char *
 tm_notice_payload(const TmNotice *n)

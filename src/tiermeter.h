@@ -251,8 +251,8 @@ extern uint32 tm_cache_own_alerted(const TmCacheKey *key, const TmOrgFeature *of
 
 /* cache_twophase.c: the cache and prepared transactions */
 extern bool tm_cache_prepared_bypass(const char *org_id);
-extern void tm_cache_prepared_check(void);
-extern void tm_cache_prepared_resolve(const char *gid, bool commit);
+extern bool tm_cache_prepared_events(const char *gid);
+extern void tm_cache_prepared_resolve(void);
 
 /* twophase.c: PREPARE TRANSACTION, COMMIT and ROLLBACK PREPARED */
 extern void tm_twophase_init(void);
@@ -260,6 +260,7 @@ extern const char *tm_twophase_gid(void);
 
 /* notify.c: NOTIFY tiermeter for limit events, at commit */
 extern void tm_notify_register_callbacks(void);
+extern bool tm_notify_pending(void);
 
 /* usage.c: the table path's lock of an (org, feature) */
 extern void tm_lock_org_feature_ids(const char *org_id, const char *feature);

@@ -4,24 +4,27 @@
  *		PREPARED, seen as statements by a ProcessUtility hook.
  *
  * A PREPARE TRANSACTION's GID is known only to its statement: it is kept
- * here for the cache, which registers the prepared transaction under it at
- * PRE_PREPARE (cache_twophase.c).  COMMIT or ROLLBACK PREPARED may run in
+ * for the cache's registry (cache_twophase.c), which says whether the
+ * transaction wrote limit events.  COMMIT or ROLLBACK PREPARED may run in
  * any session of the database, at any time, after a restart too; once it
- * succeeded, the cache answers the transaction's orgs from its entries
- * again, and after a commit the limit events the transaction wrote are
- * announced: a prepared transaction cannot send NOTIFY (notify.c keeps
- * them in _unannounced), so the committing session sends it, through
- * _announce_events().  A session without the library (no preloading) does
- * not announce them: rollover() does.
+ * succeeded, the cache resolves the transaction's slot at once (a call
+ * about one of its orgs would otherwise), and after a commit the limit
+ * events the transaction wrote are announced: a prepared transaction
+ * cannot send NOTIFY (notify.c keeps them in _unannounced), so the
+ * committing session sends it, through _announce_events().  A session
+ * without the library (no preloading) does not announce them: rollover()
+ * does.
  */
 #include "tiermeter.h"
 
 #include "access/xact.h"
-#include "nodes/makefuncs.h"
-#include "parser/parse_func.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "tcop/utility.h"
 #include "utils/memutils.h"
+#include "utils/builtins.h"
 #include "utils/resowner.h"
+#include "utils/syscache.h"
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -45,18 +48,23 @@ tm_announce(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	Oid			fn;
-
-	fn = LookupFuncName(list_make2(makeString("tiermeter"), makeString("_announce_events")),
-						0, NULL, true);
-	if (!OidIsValid(fn))
-		return;					/* not installed here, or an older version */
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		(void) OidFunctionCall0(fn);
+		/* looked up with no privilege check: any role may COMMIT PREPARED */
+		Oid			nsp = get_namespace_oid("tiermeter", true);
+		Oid			fn = InvalidOid;
+
+		if (OidIsValid(nsp))
+			fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+								 CStringGetDatum("_announce_events"),
+								 PointerGetDatum(buildoidvector(NULL, 0)),
+								 ObjectIdGetDatum(nsp));
+		/* none: not installed here, or an older version */
+		if (OidIsValid(fn))
+			(void) OidFunctionCall0(fn);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -87,6 +95,7 @@ tm_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 {
 	TransactionStmt *ts = NULL;
 	bool		resolves = false;
+	bool		events = false;
 
 	if (IsA(pstmt->utilityStmt, TransactionStmt))
 	{
@@ -98,9 +107,9 @@ tm_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 		}
 		resolves = ts->kind == TRANS_STMT_COMMIT_PREPARED ||
 			ts->kind == TRANS_STMT_ROLLBACK_PREPARED;
-		/* none recovered from disk may be resolved before it is registered */
-		if (resolves && tm_cache_enabled())
-			tm_cache_prepared_check();
+		/* (no snapshot is taken before the commit: see tm_announce) */
+		if (ts->kind == TRANS_STMT_COMMIT_PREPARED)
+			events = !tm_cache_enabled() || tm_cache_prepared_events(ts->gid);
 	}
 
 	if (prev_ProcessUtility)
@@ -112,11 +121,9 @@ tm_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 
 	if (resolves)
 	{
-		bool		commit = ts->kind == TRANS_STMT_COMMIT_PREPARED;
-
 		if (tm_cache_enabled())
-			tm_cache_prepared_resolve(ts->gid, commit);
-		if (commit)
+			tm_cache_prepared_resolve();
+		if (events)
 			tm_announce();
 	}
 }

@@ -3,7 +3,9 @@
 # (ENABLE ALWAYS), so a cached org answers with the replicated rows.  So is
 # a replicated config edit, by a session that already holds its copy of the
 # config tables (the apply worker fires their row triggers, not their
-# statement triggers).
+# statement triggers).  And a transaction prepared on the publisher
+# (two_phase): the apply worker prepares it and commits it without any
+# statement the library sees; the subscriber counts it from the commit on.
 use strict;
 use warnings;
 
@@ -13,10 +15,11 @@ use Test::More;
 
 my $pub = PostgreSQL::Test::Cluster->new('publisher');
 $pub->init(allows_streaming => 'logical');
+$pub->append_conf('postgresql.conf', 'max_prepared_transactions = 10');
 $pub->start;
 my $sub = PostgreSQL::Test::Cluster->new('subscriber');
 $sub->init;
-$sub->append_conf('postgresql.conf', "shared_preload_libraries = 'tiermeter'");
+$sub->append_conf('postgresql.conf', "shared_preload_libraries = 'tiermeter'\nmax_prepared_transactions = 10");
 $sub->start;
 
 $pub->safe_psql('postgres', 'CREATE EXTENSION tiermeter');
@@ -25,7 +28,7 @@ $pub->safe_psql('postgres',
 	'CREATE PUBLICATION usage FOR TABLE tiermeter.orgs, tiermeter.usage_log');
 my $connstr = $pub->connstr . ' dbname=postgres';
 $sub->safe_psql('postgres',
-	"CREATE SUBSCRIPTION usage CONNECTION '$connstr' PUBLICATION usage WITH (copy_data = false)");
+	"CREATE SUBSCRIPTION usage CONNECTION '$connstr' PUBLICATION usage WITH (copy_data = false, two_phase = true)");
 $pub->wait_for_catchup('usage');
 
 # the subscriber caches r-1 as a new free org, with nothing used
@@ -69,5 +72,32 @@ is($session->query_safe("SELECT quota FROM tiermeter.check_org_limits('r-new-2')
 is($session->query_safe("SELECT quota FROM tiermeter.check_org_limits('r-new-1')"),
 	'777', 'and the org it had read');
 $session->quit;
+
+# a prepared transaction, replicated as one
+$sub->poll_query_until('postgres',
+	"SELECT subtwophasestate = 'e' FROM pg_subscription WHERE subname = 'usage'")
+  or die 'two_phase was not enabled';
+my $used = $sub->safe_psql('postgres', "SELECT used FROM tiermeter.check_org_limits('r-1')");
+$pub->safe_psql('postgres', q{
+	BEGIN;
+	SELECT tiermeter.record_usage('r-1', 5);
+	PREPARE TRANSACTION 'lr-1';
+});
+$pub->wait_for_catchup('usage');
+is($sub->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'), '1',
+	'the subscriber prepared it too');
+is($sub->safe_psql('postgres', "SELECT used FROM tiermeter.check_org_limits('r-1')"),
+	$used, 'prepared: its usage does not count on the subscriber');
+$pub->safe_psql('postgres', "COMMIT PREPARED 'lr-1'");
+$pub->wait_for_catchup('usage');
+is($sub->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'), '0',
+	'the apply worker committed it');
+is($sub->safe_psql('postgres', "SELECT used FROM tiermeter.check_org_limits('r-1')"),
+	$used + 5, 'its usage counts on the subscriber from the commit on');
+my $hits = $sub->safe_psql('postgres', 'SELECT hits FROM tiermeter.cache_stats()');
+is($sub->safe_psql('postgres', "SELECT used FROM tiermeter.check_org_limits('r-1')"),
+	$used + 5, 'and the cache answers with it');
+cmp_ok($sub->safe_psql('postgres', 'SELECT hits FROM tiermeter.cache_stats()'), '>', $hits,
+	'from an entry again');
 
 done_testing();

@@ -107,6 +107,15 @@ $node->safe_psql('postgres', "COMMIT PREPARED 'after-1'");
 is($node->safe_psql('postgres', "SELECT used FROM tiermeter.check_org_limits('tp-a')"),
 	'3005', 'and with it after COMMIT PREPARED');
 
+# a role with no access to tiermeter (an XA transaction manager's) resolves
+# its own transaction first after a restart: nothing of tiermeter's in the way
+$node->safe_psql('postgres', 'CREATE ROLE xa LOGIN');
+$node->safe_psql('postgres', "BEGIN; SELECT 1; PREPARE TRANSACTION 'xa-1'", extra_params => [ '-U', 'xa' ]);
+$node->restart;
+($rc, $out, $err) = $node->psql('postgres', "COMMIT PREPARED 'xa-1'", extra_params => [ '-U', 'xa' ]);
+is($rc, 0, 'COMMIT PREPARED by a role without access to tiermeter');
+is($err, '', 'without an error or a warning');
+
 # without the library preloaded: a session that never loaded it commits
 $node->append_conf('postgresql.conf', "shared_preload_libraries = ''");
 $node->restart;
