@@ -52,7 +52,11 @@ SELECT org_id, used FROM tiermeter.check_org_limits('sp-3')
 UNION ALL SELECT org_id, used FROM tiermeter.check_org_limits('sp-4');
 
 -- 2000 calls, each in its own exception block, every other one failing
--- after it recorded: exactly the half that did not fail counts
+-- after it recorded: exactly the half that did not fail counts.  Each
+-- rollback looks at its own undo records only, never at the earlier ones
+-- (4000 records: 4000 looks at most, where rescanning the list at every
+-- rollback would make millions; 0 without the library preloaded)
+SELECT tiermeter._undo_visits() AS visits_before \gset
 DO $$
 BEGIN
 	FOR i IN 1..2000 LOOP
@@ -70,3 +74,4 @@ SELECT org_id, used, reserved FROM tiermeter.check_org_limits('sp-5')
 UNION ALL SELECT org_id, used, reserved FROM tiermeter.check_org_limits('sp-6');
 SELECT org_id, sum(amount) AS ledger FROM tiermeter.usage_log
  WHERE org_id IN ('sp-5', 'sp-6') GROUP BY org_id ORDER BY org_id;
+SELECT tiermeter._undo_visits() - :visits_before <= 4000 AS undo_linear;

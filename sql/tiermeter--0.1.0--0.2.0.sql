@@ -39,6 +39,13 @@ CREATE OR REPLACE FUNCTION @extschema@._notify_limit_event() RETURNS trigger
 AS 'MODULE_PATHNAME', 'tiermeter_notify_trigger' LANGUAGE C;
 COMMENT ON FUNCTION @extschema@._notify_limit_event() IS 'Trigger: queues NOTIFY tiermeter with the new limit event''s id and kind only (JSON), sent when the transaction commits (after COMMIT PREPARED for a prepared one).';
 
+-- For the tests: the undo records this backend looked at when its
+-- subtransactions rolled back (each at most once, however many savepoints).
+CREATE FUNCTION @extschema@._undo_visits() RETURNS bigint
+AS 'MODULE_PATHNAME', 'tiermeter_undo_visits' LANGUAGE C;
+COMMENT ON FUNCTION @extschema@._undo_visits() IS 'Internal, for the tests: how many undo records of the shared-memory cache this backend looked at when subtransactions rolled back.';
+REVOKE ALL ON FUNCTION @extschema@._undo_visits() FROM PUBLIC;
+
 CREATE TABLE @extschema@._unannounced (
 	event_id	bigint PRIMARY KEY,
 	kind		text NOT NULL

@@ -71,6 +71,18 @@ static TmUndoSeg *tm_segs = NULL;
 static int	tm_nsegs = 0;
 static int	tm_maxsegs = 0;
 
+/*
+ * Undo records looked at when subtransactions rolled back, in this backend
+ * since it started (_undo_visits(), for the tests): each record at most once.
+ */
+static uint64 tm_undo_visits = 0;
+
+uint64
+tm_cache_undo_visits(void)
+{
+	return tm_undo_visits;
+}
+
 /* this transaction's xid, taken at PRE_COMMIT for the COMMIT step */
 static TransactionId tm_commit_xid = InvalidTransactionId;
 
@@ -574,6 +586,7 @@ tm_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		{
 			TmUndo	   *u = &tm_undo[i];
 
+			tm_undo_visits++;
 			l = tm_local_find(&u->key);
 			if (l != NULL)
 			{

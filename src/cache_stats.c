@@ -15,6 +15,7 @@
 
 TM_FUNCTION(tiermeter_cache_stats);
 TM_FUNCTION(tiermeter_cache_stats_reset);
+TM_FUNCTION(tiermeter_undo_visits);
 
 static void
 tm_stats_sum(uint64 *sum)
@@ -93,4 +94,15 @@ tiermeter_cache_stats_reset(PG_FUNCTION_ARGS)
 	tm_shared->stats_reset = GetCurrentTimestamp();
 	SpinLockRelease(&tm_shared->stats_mutex);
 	PG_RETURN_VOID();
+}
+
+/*
+ * _undo_visits(): the undo records this backend looked at when its
+ * subtransactions rolled back.  The tests check that it grows with the
+ * records, not with records times subtransactions.
+ */
+Datum
+tiermeter_undo_visits(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) tm_cache_undo_visits());
 }

@@ -248,6 +248,7 @@ extern int64 tm_cache_reserved_by_others(const TmCacheKey *key, uint32 hash);
 extern void tm_cache_note_alerted(const TmCacheKey *key, uint32 hash, TimestampTz ps,
 								  const int32 *percents, int n);
 extern uint32 tm_cache_own_alerted(const TmCacheKey *key, const TmOrgFeature *of);
+extern uint64 tm_cache_undo_visits(void);
 
 /* cache_twophase.c: the cache and prepared transactions */
 extern bool tm_cache_prepared_bypass(const char *org_id);

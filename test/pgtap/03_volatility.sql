@@ -71,6 +71,7 @@ INSERT INTO marked VALUES
 	('_session_lock(text,timestamp with time zone)', 'v', 'u'),
 	('_session_accrue(sessions,timestamp with time zone)', 'v', 'u'),
 	('_announce_events()', 'v', 'u'),
+	('_undo_visits()', 'v', 'u'),
 	-- trigger functions
 	('_invalidate()', 'v', 'u'),
 	('_invalidate_insert()', 'v', 'u'),
