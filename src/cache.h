@@ -287,7 +287,7 @@ extern bool tm_inval_all_usage;
 extern HTAB *tm_inval_orgs;
 
 extern void tm_apply_invalidations(void);
-extern void tm_inval_now(bool all, const char (*orgs)[TM_KEY_LEN], int norgs);
+extern void tm_inval_now(Oid dbid, bool all, const char (*orgs)[TM_KEY_LEN], int norgs);
 
 /* cache_twophase.c */
 extern Size tm_prepared_shmem_size(void);

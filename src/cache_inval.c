@@ -229,7 +229,7 @@ tm_inval_entry(TmEntry *e, bool usage)
  * all, every entry (invalid if all_usage); else those of orgs.
  */
 static void
-tm_inval_scan_for(bool all, bool all_usage, HTAB *orgs)
+tm_inval_scan_for(Oid dbid, bool all, bool all_usage, HTAB *orgs)
 {
 	HASH_SEQ_STATUS seq;
 	TmEntry    *e;
@@ -242,7 +242,7 @@ tm_inval_scan_for(bool all, bool all_usage, HTAB *orgs)
 	{
 		TmInvalOrg *o = NULL;
 
-		if (e->key.dbid != MyDatabaseId)
+		if (e->key.dbid != dbid)
 			continue;
 		if (orgs != NULL)
 			o = hash_search(orgs, e->key.org_id, HASH_FIND, NULL);
@@ -257,7 +257,7 @@ tm_inval_scan_for(bool all, bool all_usage, HTAB *orgs)
 static void
 tm_inval_scan(void)
 {
-	tm_inval_scan_for(tm_inval_all, tm_inval_all_usage, tm_inval_orgs);
+	tm_inval_scan_for(MyDatabaseId, tm_inval_all, tm_inval_all_usage, tm_inval_orgs);
 }
 
 /*
@@ -265,14 +265,14 @@ tm_inval_scan(void)
  * lock.  Allocates nothing: it cannot fail.
  */
 static void
-tm_inval_one_org(const char *org_id, bool usage)
+tm_inval_one_org(Oid dbid, const char *org_id, bool usage)
 {
 	TmCacheKey	key;
 	int			nfeatures = tm_feature_count();
 	int			f;
 
 	memset(&key, 0, sizeof(key));
-	key.dbid = MyDatabaseId;
+	key.dbid = dbid;
 	strlcpy(key.org_id, org_id, TM_KEY_LEN);
 	for (f = 0; f < nfeatures; f++)
 	{
@@ -307,26 +307,26 @@ tm_inval_lookup(void)
 
 	hash_seq_init(&seq, tm_inval_orgs);
 	while ((o = hash_seq_search(&seq)) != NULL)
-		tm_inval_one_org(o->org_id, o->usage);
+		tm_inval_one_org(MyDatabaseId, o->org_id, o->usage);
 }
 
 /*
  * Now, not at commit, and without allocating (a prepared transaction's
- * commit, cache_twophase.c): the usage of every org of this database, or
- * of each of orgs.
+ * end, cache_twophase.c, in any database's backend): the usage of every
+ * org of database dbid, or of each of orgs.
  */
 void
-tm_inval_now(bool all, const char (*orgs)[TM_KEY_LEN], int norgs)
+tm_inval_now(Oid dbid, bool all, const char (*orgs)[TM_KEY_LEN], int norgs)
 {
 	int			i;
 
 	if (all || tm_shared->features_overflow)
 	{
-		tm_inval_scan_for(true, true, NULL);
+		tm_inval_scan_for(dbid, true, true, NULL);
 		return;
 	}
 	for (i = 0; i < norgs; i++)
-		tm_inval_one_org(orgs[i], true);
+		tm_inval_one_org(dbid, orgs[i], true);
 }
 
 /*

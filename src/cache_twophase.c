@@ -21,11 +21,12 @@
  * A slot is keyed by the transaction's xid.  Once that is no longer in
  * progress (COMMIT or ROLLBACK PREPARED ran, in any session, or in a
  * logical replication apply worker, which runs no statement), whoever
- * notices first resolves the slot: after a commit it bumps the config
- * generation, invalidates the orgs' entries, and only then frees the slot,
- * so no entry built before the commit survives it.  The session that ran
- * COMMIT or ROLLBACK PREPARED does so at once (twophase.c); a call about
- * one of the orgs does it otherwise.  After a restart nothing is known:
+ * notices first resolves the slot: it bumps the config generation (if the
+ * transaction changed config), invalidates the orgs' entries, and only
+ * then frees the slot, so no entry built before the commit survives it.
+ * The session that ran COMMIT or ROLLBACK PREPARED does so at once
+ * (twophase.c); any backend that calls the functions looks for ended
+ * transactions at most once a second otherwise.  After a restart nothing is known:
  * until the first check has registered every prepared transaction
  * recovered from disk (as touching all orgs, with events to announce),
  * every org is answered from the tables.
@@ -41,6 +42,7 @@
 #include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #define TM_PREPARED_ORGS	32	/* orgs per slot; more: all of the database */
 
@@ -198,10 +200,12 @@ tm_slot_free(int i)
 }
 
 /*
- * Resolves slot i if its transaction is no longer in progress: after a
- * commit, the config generation moves and its orgs' entries are
- * invalidated, then the slot goes.  Allocates nothing and holds no lock
- * when called.
+ * Resolves slot i, of any database, if its transaction is no longer in
+ * progress: the config generation moves if it changed config, its orgs'
+ * entries are invalidated, then the slot goes.  Whether it committed is
+ * not asked (its clog may be gone for a very old one): a rollback's orgs
+ * are rebuilt too, which is only slower.  Allocates nothing, raises
+ * nothing, and holds no lock when called.
  */
 static void
 tm_slot_resolve(int i)
@@ -210,17 +214,14 @@ tm_slot_resolve(int i)
 	TransactionId xid;
 
 	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
-	xid = tm_prepared[i].xid;
-	if (tm_prepared[i].state != TM_PREP_PREPARED || tm_prepared[i].dbid != MyDatabaseId)
-		xid = InvalidTransactionId;
+	xid = tm_prepared[i].state == TM_PREP_PREPARED ? tm_prepared[i].xid : InvalidTransactionId;
 	LWLockRelease(tm_prepared_lock());
 	/* a prepared transaction is in progress until COMMIT/ROLLBACK PREPARED */
 	if (!TransactionIdIsValid(xid) || TransactionIdIsInProgress(xid))
 		return;
 
 	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
-	if (tm_prepared[i].state != TM_PREP_PREPARED || tm_prepared[i].xid != xid ||
-		tm_prepared[i].dbid != MyDatabaseId)
+	if (tm_prepared[i].state != TM_PREP_PREPARED || tm_prepared[i].xid != xid)
 	{
 		LWLockRelease(tm_prepared_lock());
 		return;					/* someone else resolves it */
@@ -229,19 +230,16 @@ tm_slot_resolve(int i)
 	memcpy(&copy, &tm_prepared[i], sizeof(copy));
 	LWLockRelease(tm_prepared_lock());
 
-	if (TransactionIdDidCommit(xid))
-	{
-		if (copy.config || copy.all_orgs)
-			pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
-		tm_inval_now(copy.all_orgs, (const char (*)[TM_KEY_LEN]) copy.orgs, copy.norgs);
-	}
+	if (copy.config || copy.all_orgs)
+		pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
+	tm_inval_now(copy.dbid, copy.all_orgs, (const char (*)[TM_KEY_LEN]) copy.orgs, copy.norgs);
 
 	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
 	tm_slot_free(i);
 	LWLockRelease(tm_prepared_lock());
 }
 
-/* Resolves every slot of this database whose transaction ended. */
+/* Resolves every slot, of every database, whose transaction ended. */
 void
 tm_cache_prepared_resolve(void)
 {
@@ -274,7 +272,7 @@ tm_cache_prepared_events(const char *gid)
 
 		if (p->state != TM_PREP_FREE && p->dbid == MyDatabaseId &&
 			strcmp(p->gid, gid) == 0)
-			events = p->events;
+			events |= p->events;
 	}
 	LWLockRelease(tm_prepared_lock());
 	return events;
@@ -290,15 +288,16 @@ static void
 tm_prepared_check(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
+	TmOwnerSave save;
 	int			n;
 	int			i;
 	char	  **gids;
 	Oid		   *dbids;
 	TransactionId *xids;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "tiermeter: SPI_connect failed");
-	if (SPI_execute("SELECT gid, dbid, transaction::text::bigint FROM pg_catalog.pg_prepared_xact()",
+	/* as the owner, a query with nothing the caller's search_path can reach */
+	tm_spi_begin(&save);
+	if (SPI_execute("SELECT gid, dbid, transaction FROM pg_catalog.pg_prepared_xact()",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tiermeter: reading the prepared transactions failed");
 	n = (int) SPI_processed;
@@ -313,9 +312,9 @@ tm_prepared_check(void)
 
 		gids[i] = MemoryContextStrdup(cxt, SPI_getvalue(row, desc, 1));
 		dbids[i] = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
-		xids[i] = (TransactionId) DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
+		xids[i] = DatumGetTransactionId(SPI_getbinval(row, desc, 3, &isnull));
 	}
-	SPI_finish();
+	tm_spi_end(&save);
 
 	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
 	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
@@ -349,27 +348,30 @@ tm_prepared_check(void)
 	LWLockRelease(tm_prepared_lock());
 }
 
+/* when this backend last looked for ended prepared transactions */
+static TimestampTz tm_last_sweep = 0;
+
 /*
  * Is the org touched by a prepared transaction?  Runs the check first, and
- * resolves the slots that match if their transaction ended.
+ * at most once a second resolves the slots whose transaction ended, where
+ * no COMMIT or ROLLBACK PREPARED statement did (an apply worker's): until
+ * then their orgs are answered from the tables, which is right, only
+ * slower.  Without a match, one shared lock of the registry.
  */
 bool
 tm_cache_prepared_bypass(const char *org_id)
 {
-	int			i;
+	TimestampTz now;
 
 	if (likely(pg_atomic_read_u32(&tm_shared->nprepared) == 0))
 		return false;
 	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
 		tm_prepared_check();
-	for (i = 0;; i++)
+	now = GetCurrentTransactionStartTimestamp();
+	if (now - tm_last_sweep >= USECS_PER_SEC || now < tm_last_sweep)
 	{
-		LWLockAcquire(tm_prepared_lock(), LW_SHARED);
-		i = tm_slot_match(org_id, i);
-		LWLockRelease(tm_prepared_lock());
-		if (i < 0)
-			break;
-		tm_slot_resolve(i);
+		tm_last_sweep = now;
+		tm_cache_prepared_resolve();
 	}
 	return tm_prepared_bypass_locked(org_id);
 }
@@ -469,17 +471,24 @@ tm_prepared_pre_prepare(void)
 	LWLockRelease(tm_prepared_lock());
 }
 
-/* PREPARE done (the slot stays) or the transaction aborted (it goes). */
+/*
+ * PREPARE done, or the transaction aborted.  Either way the slot becomes an
+ * ordinary prepared one: after an abort the transaction is no longer in
+ * progress and the slot is resolved at once, unless the abort came after
+ * the transaction was prepared (an error in a later PREPARE callback),
+ * which leaves it prepared, and the slot with it.
+ */
 void
 tm_prepared_end_xact(bool prepared)
 {
-	if (tm_my_slot < 0)
+	int			slot = tm_my_slot;
+
+	if (slot < 0)
 		return;
-	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
-	if (prepared)
-		tm_prepared[tm_my_slot].state = TM_PREP_PREPARED;
-	else
-		tm_slot_free(tm_my_slot);
-	LWLockRelease(tm_prepared_lock());
 	tm_my_slot = -1;
+	LWLockAcquire(tm_prepared_lock(), LW_EXCLUSIVE);
+	tm_prepared[slot].state = TM_PREP_PREPARED;
+	LWLockRelease(tm_prepared_lock());
+	if (!prepared)
+		tm_slot_resolve(slot);
 }

@@ -18,7 +18,10 @@
 #include "tiermeter.h"
 
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "catalog/pg_proc.h"
 #include "tcop/utility.h"
 #include "utils/memutils.h"
@@ -53,17 +56,22 @@ tm_announce(void)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		/* looked up with no privilege check: any role may COMMIT PREPARED */
+		/*
+		 * The extension's own function, looked up with no privilege check
+		 * (any role may COMMIT PREPARED its transaction), and only if it
+		 * belongs to the extension: never one someone else named so.
+		 */
+		Oid			ext = get_extension_oid("tiermeter", true);
 		Oid			nsp = get_namespace_oid("tiermeter", true);
 		Oid			fn = InvalidOid;
 
-		if (OidIsValid(nsp))
+		if (OidIsValid(ext) && OidIsValid(nsp))
 			fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
 								 CStringGetDatum("_announce_events"),
 								 PointerGetDatum(buildoidvector(NULL, 0)),
 								 ObjectIdGetDatum(nsp));
 		/* none: not installed here, or an older version */
-		if (OidIsValid(fn))
+		if (OidIsValid(fn) && getExtensionOfObject(ProcedureRelationId, fn) == ext)
 			(void) OidFunctionCall0(fn);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);

@@ -111,10 +111,22 @@ is($node->safe_psql('postgres', "SELECT used FROM tiermeter.check_org_limits('tp
 # its own transaction first after a restart: nothing of tiermeter's in the way
 $node->safe_psql('postgres', 'CREATE ROLE xa LOGIN');
 $node->safe_psql('postgres', "BEGIN; SELECT 1; PREPARE TRANSACTION 'xa-1'", extra_params => [ '-U', 'xa' ]);
+# and a database without the extension, where someone named a function
+# like the one that announces events: it is not called
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+$node->safe_psql('other', q{
+	CREATE SCHEMA tiermeter;
+	CREATE FUNCTION tiermeter._announce_events() RETURNS bigint LANGUAGE plpgsql
+	AS $$ BEGIN RAISE NOTICE 'planted function called'; RETURN 0; END $$;
+	BEGIN; SELECT 1; PREPARE TRANSACTION 'other-1';
+});
 $node->restart;
 ($rc, $out, $err) = $node->psql('postgres', "COMMIT PREPARED 'xa-1'", extra_params => [ '-U', 'xa' ]);
 is($rc, 0, 'COMMIT PREPARED by a role without access to tiermeter');
 is($err, '', 'without an error or a warning');
+($rc, $out, $err) = $node->psql('other', "COMMIT PREPARED 'other-1'");
+is($rc, 0, 'COMMIT PREPARED in a database without tiermeter');
+unlike($err, qr/planted/, 'calls no function that is not the extension\'s');
 
 # without the library preloaded: a session that never loaded it commits
 $node->append_conf('postgresql.conf', "shared_preload_libraries = ''");
