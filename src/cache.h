@@ -151,6 +151,7 @@ typedef struct TmShared
 	pg_atomic_uint32 nprepared;
 	pg_atomic_uint32 prepared_checked;
 	int32		nprepared_slots;
+	int32		nprepared_hw;	/* slots in use are all below this (registry lock) */
 
 	/* statistics: what cache_stats_reset() subtracts, and when */
 	slock_t		stats_mutex;

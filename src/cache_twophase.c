@@ -110,6 +110,7 @@ tm_prepared_shmem_init(void)
 		for (i = 0; i < n; i++)
 			tm_prepared[i].state = TM_PREP_FREE;
 		tm_shared->nprepared_slots = n;
+		tm_shared->nprepared_hw = 0;
 		/* without prepared transactions, none was recovered from disk */
 		pg_atomic_init_u32(&tm_shared->prepared_checked, n == 0);
 		pg_atomic_init_u32(&tm_shared->nprepared, n > 0);
@@ -135,7 +136,7 @@ tm_slot_match(const char *org_id, int from)
 {
 	int			i;
 
-	for (i = from; i < tm_shared->nprepared_slots; i++)
+	for (i = from; i < tm_shared->nprepared_hw; i++)
 	{
 		TmPrepared *p = &tm_prepared[i];
 
@@ -178,6 +179,7 @@ tm_slot_take(Oid dbid, TransactionId xid, const char *gid)
 
 		if (p->state != TM_PREP_FREE)
 			continue;
+		tm_shared->nprepared_hw = Max(tm_shared->nprepared_hw, i + 1);
 		p->xid = xid;
 		p->dbid = dbid;
 		p->all_orgs = false;
@@ -197,6 +199,9 @@ tm_slot_free(int i)
 {
 	tm_prepared[i].state = TM_PREP_FREE;
 	pg_atomic_fetch_sub_u32(&tm_shared->nprepared, 1);
+	while (tm_shared->nprepared_hw > 0 &&
+		   tm_prepared[tm_shared->nprepared_hw - 1].state == TM_PREP_FREE)
+		tm_shared->nprepared_hw--;
 }
 
 /*
@@ -245,9 +250,14 @@ tm_cache_prepared_resolve(void)
 {
 	int			i;
 
+	int			hw;
+
 	if (tm_shared == NULL || pg_atomic_read_u32(&tm_shared->nprepared) == 0)
 		return;
-	for (i = 0; i < tm_shared->nprepared_slots; i++)
+	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
+	hw = tm_shared->nprepared_hw;
+	LWLockRelease(tm_prepared_lock());
+	for (i = 0; i < hw; i++)
 		tm_slot_resolve(i);
 }
 
@@ -266,7 +276,7 @@ tm_cache_prepared_events(const char *gid)
 	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
 		return true;
 	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
-	for (i = 0; i < tm_shared->nprepared_slots; i++)
+	for (i = 0; i < tm_shared->nprepared_hw; i++)
 	{
 		TmPrepared *p = &tm_prepared[i];
 
@@ -326,7 +336,7 @@ tm_prepared_check(void)
 			bool		known = false;
 
 			/* prepared since the start: registered at its PRE_PREPARE */
-			for (j = 0; j < tm_shared->nprepared_slots && !known; j++)
+			for (j = 0; j < tm_shared->nprepared_hw && !known; j++)
 				known = tm_prepared[j].state != TM_PREP_FREE && tm_prepared[j].xid == xids[i];
 			if (known)
 				continue;

@@ -55,6 +55,9 @@
 
 TM_FUNCTION(tiermeter_touch_session);
 
+/* attempts, 1 ms apart, at the admission lock to re-admit a session */
+#define TM_READMIT_TRIES	100
+
 /* the advisory lock key of an org's sessions (as the PL/pgSQL functions) */
 #define TM_SESSION_LOCK_KEY	1953330533
 
@@ -316,9 +319,19 @@ tiermeter_touch_session(PG_FUNCTION_ARGS)
 		 * timeout (rare): counted up to `at`, it is idle now, and goes on
 		 * only if re-admitted.  That needs the org's admission lock, and
 		 * waiting for it while holding the shared one could deadlock with
-		 * another such touch: take it only if free, else retry.
+		 * another such touch: take it only if free, trying for a while
+		 * (the touch we waited for may still be releasing its own shared
+		 * lock as it commits), else the caller retries.
 		 */
-		if (!LockAcquireExtended(&tag, ExclusiveLock, false, true, true, NULL))
+		int			tries = 0;
+
+		while (!LockAcquireExtended(&tag, ExclusiveLock, false, true, true, NULL) &&
+			   ++tries < TM_READMIT_TRIES)
+		{
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(1000L);
+		}
+		if (tries == TM_READMIT_TRIES)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("tiermeter: could not re-admit the idle session of conversation \"%s\" of org \"%s\"",
