@@ -36,6 +36,8 @@
 #include "access/transam.h"
 #include "access/twophase.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
@@ -290,7 +292,8 @@ tm_cache_prepared_events(const char *gid)
 
 /*
  * After a start: registers every prepared transaction recovered from disk
- * as touching every org of its database.  Runs once.  One resolved before
+ * that may have touched an org as touching every org of its database.
+ * Runs once.  One resolved before
  * the check is not listed: its rows are visible, and nothing was cached
  * meanwhile.
  */
@@ -307,9 +310,33 @@ tm_prepared_check(void)
 
 	/* as the owner, a query with nothing the caller's search_path can reach */
 	tm_spi_begin(&save);
-	if (SPI_execute("SELECT gid, dbid, transaction FROM pg_catalog.pg_prepared_xact()",
-					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "tiermeter: reading the prepared transactions failed");
+	{
+		/*
+		 * Those of this database that hold no lock on a relation of the
+		 * extension (its tables, as every write to them takes one) touched
+		 * no org: left out.  Those of another database may have.
+		 */
+		Oid			argtypes[2] = {OIDOID, OIDOID};
+		Datum		args[2];
+
+		args[0] = ObjectIdGetDatum(MyDatabaseId);
+		args[1] = ObjectIdGetDatum(get_namespace_oid("tiermeter", false));
+		if (SPI_execute_with_args(
+				"SELECT p.gid, p.dbid, p.transaction"
+				"  FROM pg_catalog.pg_prepared_xact() p"
+				" WHERE p.dbid OPERATOR(pg_catalog.<>) $1"
+				"    OR EXISTS (SELECT 1 FROM pg_catalog.pg_locks x, pg_catalog.pg_locks l,"
+				"                             pg_catalog.pg_class c"
+				"                WHERE x.locktype OPERATOR(pg_catalog.=) 'transactionid'"
+				"                  AND x.transactionid OPERATOR(pg_catalog.=) p.transaction"
+				"                  AND l.virtualtransaction OPERATOR(pg_catalog.=) x.virtualtransaction"
+				"                  AND l.locktype OPERATOR(pg_catalog.=) 'relation'"
+				"                  AND l.database OPERATOR(pg_catalog.=) $1"
+				"                  AND c.oid OPERATOR(pg_catalog.=) l.relation"
+				"                  AND c.relnamespace OPERATOR(pg_catalog.=) $2)",
+				2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "tiermeter: reading the prepared transactions failed");
+	}
 	n = (int) SPI_processed;
 	gids = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
 	dbids = MemoryContextAlloc(cxt, sizeof(Oid) * Max(n, 1));

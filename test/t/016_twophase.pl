@@ -121,6 +121,12 @@ $node->safe_psql('other', q{
 	BEGIN; SELECT 1; PREPARE TRANSACTION 'other-1';
 });
 $node->restart;
+# neither touched an org of this database: the cache serves at once
+$fallbacks = stat_of('fallbacks');
+$hits = stat_of('hits');
+$node->safe_psql('postgres', "SELECT tiermeter.check_org_limits('tp-a')") for 1 .. 2;
+is(stat_of('fallbacks'), $fallbacks, 'after a restart, a prepared transaction that wrote no table of the extension sends nothing to the tables');
+cmp_ok(stat_of('hits'), '>', $hits, 'the cache answers');
 ($rc, $out, $err) = $node->psql('postgres', "COMMIT PREPARED 'xa-1'", extra_params => [ '-U', 'xa' ]);
 is($rc, 0, 'COMMIT PREPARED by a role without access to tiermeter');
 is($err, '', 'without an error or a warning');
