@@ -18,7 +18,10 @@ suite() {
 	echo
 	echo "=== $name"
 	local t0=$SECONDS
-	if "$@"; then
+	local rc
+	"$@" 2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	if [ "$rc" -eq 0 ]; then
 		pass=$((pass + 1))
 		summary+=("ok    $name ($((SECONDS - t0)) s)")
 	else
@@ -28,7 +31,14 @@ suite() {
 			[ -s "$d" ] && { echo "--- $d"; head -200 "$d"; }
 		done
 	fi
+	# a test file that skipped itself says so in the summary too, with why
+	while IFS= read -r line; do
+		summary+=("      skipped ${line/ skipped: /: }")
+	done < <(grep -oE '^t/[^ ]+ [.]* skipped: .*' "$log" | sed -E 's/ [.]+ skipped: / skipped: /')
 }
+
+log=$(mktemp /tmp/tiermeter-suite.XXXXXX)
+trap 'rm -f "$log"' EXIT
 
 rm -rf results output_iso regression.diffs regression.out
 
