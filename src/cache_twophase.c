@@ -132,21 +132,21 @@ tm_slot_has_org(const TmPrepared *p, const char *org_id)
 	return false;
 }
 
-/* The first slot of this database touching org_id at or after *from; -1 if none. */
-static int
-tm_slot_match(const char *org_id, int from)
+/* Does a slot of this database touch org_id?  (registry lock held) */
+static bool
+tm_slot_match(const char *org_id)
 {
 	int			i;
 
-	for (i = from; i < tm_shared->nprepared_hw; i++)
+	for (i = 0; i < tm_shared->nprepared_hw; i++)
 	{
 		TmPrepared *p = &tm_prepared[i];
 
 		if (p->state != TM_PREP_FREE && p->dbid == MyDatabaseId &&
 			tm_slot_has_org(p, org_id))
-			return i;
+			return true;
 	}
-	return -1;
+	return false;
 }
 
 /*
@@ -164,7 +164,7 @@ tm_prepared_bypass_locked(const char *org_id)
 	if (!pg_atomic_read_u32(&tm_shared->prepared_checked))
 		return true;
 	LWLockAcquire(tm_prepared_lock(), LW_SHARED);
-	found = tm_slot_match(org_id, 0) >= 0;
+	found = tm_slot_match(org_id);
 	LWLockRelease(tm_prepared_lock());
 	return found;
 }
