@@ -26,6 +26,7 @@ OBJS = \
 	src/cache_twophase.o \
 	src/twophase.o \
 	src/notify.o \
+	src/citus.o \
 	src/alerts.o \
 	src/session.o \
 	src/stripe.o \
@@ -40,7 +41,7 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions thresholds views nulls cache_stats access twophase
+REGRESS = install catalog periods check record consume admin errors format cache stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions thresholds views nulls cache_stats access twophase distribute
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected

@@ -1971,3 +1971,154 @@ SELECT h.org_id, h.feature, h.period_start, h.period_end, t.tier, h.used,
   LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = t.tier AND tq.feature = h.feature;
 REVOKE ALL ON @extschema@.usage_history FROM PUBLIC;
 COMMENT ON VIEW @extschema@.usage_history IS 'One row per org, period feature and monthly period, closed or open: its usage, the tier the org was on at the period''s end (from tier_changed events) and that tier''s quota as configured now (with the org''s override and the period''s grants).';
+
+------------------------------------------------------------------------------
+-- Citus: distribute() spreads tiermeter's tables over a Citus cluster, run
+-- once on the coordinator after CREATE EXTENSION (docs/scaling.md).
+-- Configuration tables become reference tables (a copy on every node, whose
+-- triggers invalidate each node's cache); the tables keyed by org are
+-- distributed by org_id and co-located with orgs; the functions that take
+-- an org are delegated by it, so Citus runs each call on the node that holds
+-- the org, against that node's cache.  The Stripe tables, limit_events and
+-- the internal tables stay local to each node.  Citus refuses tables with
+-- triggers unless citus.enable_unsafe_triggers is on: tiermeter's triggers
+-- on them read and write only the row at hand and the node's own cache, so
+-- it is set for this transaction.  Citus cannot copy rows through triggers
+-- that read other tables, and cannot propagate foreign keys with cascading
+-- updates of the distribution column: the seed-tracking triggers of the
+-- configuration tables (used by pg_dump and restore of a single server) are
+-- dropped, and the foreign keys are dropped and added back in the forms
+-- Citus supports.  The coordinator's part is one transaction; the drops on
+-- the workers (run_command_on_workers commits each) are repeatable, so a
+-- failed call can be run again, and a second call changes nothing.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.distribute()
+RETURNS TABLE (object text, placement text)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning AS $$
+DECLARE
+	ref_tables	text[] := ARRAY['tiers', 'features', 'tier_quotas', 'alert_thresholds', 'stripe_prices'];
+	org_tables	text[] := ARRAY['orgs', 'usage_log', 'org_quotas', 'usage_grants', 'sessions', '_session_slots'];
+	local_tables text[] := ARRAY['limit_events', 'stripe_events', 'stripe_subscriptions', 'stripe_customers'];
+	functions	text[] := ARRAY[
+		'check_org_limits(text,text)',
+		'record_usage(text,bigint,text,text,text,timestamptz)',
+		'consume(text,bigint,text,text,text)',
+		'usage_stats(text)'];
+	-- the seed-tracking triggers, and the foreign keys dropped and added back
+	drops		text[] := ARRAY[
+		'DROP TRIGGER IF EXISTS tiers_deleted_default ON @extschema@.tiers',
+		'DROP TRIGGER IF EXISTS tiers_deleted_seeds ON @extschema@.tiers',
+		'DROP TRIGGER IF EXISTS tiers_truncate_deleted_seeds ON @extschema@.tiers',
+		'DROP TRIGGER IF EXISTS tiers_replace_seed ON @extschema@.tiers',
+		'DROP TRIGGER IF EXISTS features_deleted_seeds ON @extschema@.features',
+		'DROP TRIGGER IF EXISTS features_truncate_deleted_seeds ON @extschema@.features',
+		'DROP TRIGGER IF EXISTS features_replace_seed ON @extschema@.features',
+		'DROP TRIGGER IF EXISTS tier_quotas_deleted_seeds ON @extschema@.tier_quotas',
+		'DROP TRIGGER IF EXISTS tier_quotas_truncate_deleted_seeds ON @extschema@.tier_quotas',
+		'DROP TRIGGER IF EXISTS tier_quotas_replace_seed ON @extschema@.tier_quotas',
+		'DROP TRIGGER IF EXISTS alert_thresholds_deleted_seeds ON @extschema@.alert_thresholds',
+		'DROP TRIGGER IF EXISTS alert_thresholds_truncate_deleted_seeds ON @extschema@.alert_thresholds',
+		'DROP TRIGGER IF EXISTS alert_thresholds_replace_seed ON @extschema@.alert_thresholds',
+		'ALTER TABLE @extschema@.tier_quotas DROP CONSTRAINT IF EXISTS tier_quotas_tier_id_fkey, DROP CONSTRAINT IF EXISTS tier_quotas_feature_fkey',
+		'ALTER TABLE @extschema@.stripe_prices DROP CONSTRAINT IF EXISTS stripe_prices_tier_id_fkey',
+		'ALTER TABLE @extschema@.orgs DROP CONSTRAINT IF EXISTS orgs_tier_id_fkey',
+		'ALTER TABLE @extschema@.org_quotas DROP CONSTRAINT IF EXISTS org_quotas_org_id_fkey, DROP CONSTRAINT IF EXISTS org_quotas_feature_fkey',
+		'ALTER TABLE @extschema@.usage_grants DROP CONSTRAINT IF EXISTS usage_grants_feature_fkey',
+		'ALTER TABLE @extschema@.stripe_subscriptions DROP CONSTRAINT IF EXISTS stripe_subscriptions_tier_id_fkey'];
+	fkeys		text[] := ARRAY[
+		'tier_quotas', 'tier_quotas_tier_id_fkey', 'FOREIGN KEY (tier_id) REFERENCES @extschema@.tiers ON UPDATE CASCADE ON DELETE CASCADE',
+		'tier_quotas', 'tier_quotas_feature_fkey', 'FOREIGN KEY (feature) REFERENCES @extschema@.features ON UPDATE CASCADE ON DELETE CASCADE',
+		'stripe_prices', 'stripe_prices_tier_id_fkey', 'FOREIGN KEY (tier_id) REFERENCES @extschema@.tiers ON UPDATE CASCADE ON DELETE CASCADE',
+		'orgs', 'orgs_tier_id_fkey', 'FOREIGN KEY (tier_id) REFERENCES @extschema@.tiers ON UPDATE CASCADE',
+		'org_quotas', 'org_quotas_org_id_fkey', 'FOREIGN KEY (org_id) REFERENCES @extschema@.orgs ON DELETE CASCADE',
+		'org_quotas', 'org_quotas_feature_fkey', 'FOREIGN KEY (feature) REFERENCES @extschema@.features ON UPDATE CASCADE ON DELETE CASCADE',
+		'usage_grants', 'usage_grants_feature_fkey', 'FOREIGN KEY (feature) REFERENCES @extschema@.features ON UPDATE CASCADE ON DELETE CASCADE'];
+	t			text;
+	cmd			text;
+	r			record;
+	i			integer;
+	done		boolean;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'tiermeter: distribute() needs Citus'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'The citus extension is not installed in this database.',
+				  HINT = 'On every node, put citus before tiermeter in shared_preload_libraries and run CREATE EXTENSION citus; add the workers with citus_add_node() on the coordinator, create tiermeter there, then call tiermeter.distribute() on the coordinator.';
+	END IF;
+	IF NOT pg_catalog.citus_is_coordinator() THEN
+		RAISE EXCEPTION 'tiermeter: distribute() runs on the coordinator'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'This node is a Citus worker.',
+				  HINT = 'Connect to the coordinator and call tiermeter.distribute() there.';
+	END IF;
+	PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+	-- foreign keys to reference tables: one connection per node
+	PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+	done := EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '@extschema@.orgs'::regclass);
+	IF NOT done THEN
+		-- the workers' own tiermeter tables become hidden behind the
+		-- distributed ones: refuse rows that would be lost there
+		FOR r IN SELECT * FROM pg_catalog.run_command_on_workers(
+				'SELECT (SELECT count(*) FROM @extschema@.orgs) + (SELECT count(*) FROM @extschema@.usage_log)') LOOP
+			IF NOT r.success THEN
+				RAISE EXCEPTION 'tiermeter: worker %:% cannot be read: %', r.nodename, r.nodeport, r.result
+					USING ERRCODE = 'object_not_in_prerequisite_state';
+			ELSIF r.result <> '0' THEN
+				RAISE EXCEPTION 'tiermeter: worker %:% holds tiermeter rows of its own', r.nodename, r.nodeport
+					USING ERRCODE = 'object_not_in_prerequisite_state',
+						  DETAIL = pg_catalog.format('Its tiermeter.orgs and tiermeter.usage_log hold %s rows, which distributed tables would hide.', r.result),
+						  HINT = 'Copy them to the coordinator''s tables (or delete them) on that worker first.';
+			END IF;
+		END LOOP;
+		FOREACH cmd IN ARRAY drops LOOP
+			FOR r IN SELECT * FROM pg_catalog.run_command_on_workers(cmd) LOOP
+				IF NOT r.success THEN
+					RAISE EXCEPTION 'tiermeter: on worker %:%: %', r.nodename, r.nodeport, r.result
+						USING ERRCODE = 'object_not_in_prerequisite_state';
+				END IF;
+			END LOOP;
+			EXECUTE cmd;
+		END LOOP;
+	END IF;
+
+	FOREACH t IN ARRAY ref_tables LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = ('@extschema@.' || t)::regclass) THEN
+			PERFORM pg_catalog.create_reference_table(('@extschema@.' || t)::regclass);
+			PERFORM pg_catalog.truncate_local_data_after_distributing_table(('@extschema@.' || t)::regclass);
+		END IF;
+		object := '@extschema@.' || t; placement := 'reference table (a copy on every node)';
+		RETURN NEXT;
+	END LOOP;
+	FOREACH t IN ARRAY org_tables LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = ('@extschema@.' || t)::regclass) THEN
+			PERFORM pg_catalog.create_distributed_table(('@extschema@.' || t)::regclass, 'org_id',
+				colocate_with => CASE WHEN t = 'orgs' THEN 'default' ELSE '@extschema@.orgs' END);
+			PERFORM pg_catalog.truncate_local_data_after_distributing_table(('@extschema@.' || t)::regclass);
+		END IF;
+		object := '@extschema@.' || t; placement := 'distributed by org_id, co-located with @extschema@.orgs';
+		RETURN NEXT;
+	END LOOP;
+	FOR i IN 0 .. pg_catalog.array_length(fkeys, 1) / 3 - 1 LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_constraint
+						WHERE conrelid = ('@extschema@.' || fkeys[3 * i + 1])::regclass AND conname = fkeys[3 * i + 2]) THEN
+			EXECUTE pg_catalog.format('ALTER TABLE @extschema@.%I ADD CONSTRAINT %I %s',
+									  fkeys[3 * i + 1], fkeys[3 * i + 2], fkeys[3 * i + 3]);
+		END IF;
+	END LOOP;
+	FOREACH t IN ARRAY local_tables LOOP
+		object := '@extschema@.' || t; placement := 'local to each node';
+		RETURN NEXT;
+	END LOOP;
+	FOREACH t IN ARRAY functions LOOP
+		PERFORM pg_catalog.create_distributed_function(('@extschema@.' || t)::regprocedure, 'org_id',
+			colocate_with => '@extschema@.orgs');
+		object := '@extschema@.' || t; placement := 'delegated by org_id';
+		RETURN NEXT;
+	END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@.distribute() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.distribute() IS 'On a Citus coordinator: makes the configuration tables reference tables, distributes the org-keyed tables by org_id (co-located), and delegates the functions that take an org to the node that holds it. Returns what went where. Without Citus, an error.';

@@ -153,6 +153,9 @@ typedef struct TmShared
 	int32		nprepared_slots;
 	int32		nprepared_hw;	/* slots in use are all below this (registry lock) */
 
+	/* the shards placed here, on a Citus node (citus.c) */
+	pg_atomic_uint64 citus_sig;
+
 	/* statistics: what cache_stats_reset() subtracts, and when */
 	slock_t		stats_mutex;
 	uint64		stats_base[TM_NSTATS];

@@ -29,8 +29,9 @@ HTAB	   *tm_inval_orgs = NULL;	/* TmInvalOrg, in TopTransactionContext */
 
 /*
  * Is the org answered from the tables?  When this transaction changed its
- * config (or all), and while a prepared transaction that touched it is
- * unresolved (cache_twophase.c).
+ * config (or all), while a prepared transaction that touched it is
+ * unresolved (cache_twophase.c), and when its rows are on another node of
+ * a Citus cluster (citus.c).
  */
 bool
 tm_cache_bypass(const char *org_id)
@@ -47,6 +48,8 @@ tm_cache_bypass(const char *org_id)
 	}
 	if (!bypass && tm_shared != NULL)
 		bypass = tm_cache_prepared_bypass(org_id);
+	if (!bypass)
+		bypass = tm_org_elsewhere(org_id);
 	if (bypass && tm_shared != NULL)
 		tm_count(TM_STAT_FALLBACKS);
 	return bypass;
@@ -108,15 +111,37 @@ tm_inval_tuple_org(TriggerData *td, HeapTuple tuple, bool usage)
 		tm_inval_org(org, usage);
 }
 
+/*
+ * Is rel the table name, or one of its shards on a Citus node (the name,
+ * an underscore and the shard id)?  The triggers fire on the shards there.
+ */
+static bool
+tm_rel_is(Relation rel, const char *name)
+{
+	const char *rel_name = RelationGetRelationName(rel);
+	size_t		len = strlen(name);
+	const char *p;
+
+	if (strncmp(rel_name, name, len) != 0)
+		return false;
+	p = rel_name + len;
+	if (*p == '\0')
+		return true;
+	if (*p++ != '_' || *p == '\0')
+		return false;
+	for (; *p; p++)
+		if (*p < '0' || *p > '9')
+			return false;
+	return true;
+}
+
 /* Does a change to this table change quotas, tiers or thresholds only? */
 static bool
 tm_config_only_table(Relation rel)
 {
-	const char *name = RelationGetRelationName(rel);
-
-	return strcmp(name, "tiers") == 0 || strcmp(name, "tier_quotas") == 0 ||
-		strcmp(name, "alert_thresholds") == 0 || strcmp(name, "org_quotas") == 0 ||
-		strcmp(name, "usage_grants") == 0;
+	return tm_rel_is(rel, "tiers") || tm_rel_is(rel, "tier_quotas") ||
+		tm_rel_is(rel, "alert_thresholds") || tm_rel_is(rel, "org_quotas") ||
+		tm_rel_is(rel, "usage_grants");
 }
 
 /* An update of orgs that keeps the anchor and stored period changes the tier only. */
@@ -160,7 +185,7 @@ tiermeter_invalidate_trigger(PG_FUNCTION_ARGS)
 		bool		usage = !tm_config_only_table(td->tg_relation);
 
 		if (usage && TRIGGER_FIRED_BY_UPDATE(td->tg_event) &&
-			strcmp(RelationGetRelationName(td->tg_relation), "orgs") == 0)
+			tm_rel_is(td->tg_relation, "orgs"))
 			usage = tm_org_period_changed(td);
 		if (!TRIGGER_FIRED_BY_INSERT(td->tg_event))
 			tm_inval_tuple_org(td, td->tg_trigtuple, usage);

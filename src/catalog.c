@@ -47,24 +47,31 @@ typedef struct TmPlanDef
 } TmPlanDef;
 
 static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
+	/*
+	 * The org's rows are read in a subquery filtered by org_id, so that on
+	 * a Citus cluster the query goes to the one shard that holds them.
+	 */
 	[TM_PLAN_LOOKUP] = {
 		"SELECT f.kind" EQ "'gauge', t.tier_id, o.org_id IS NOT NULL,"
 		"       o.billing_anchor, o.period_start, o.period_end,"
-		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL"
+		"       CASE WHEN o.oq_org IS NOT NULL THEN o.quota IS NULL"
 		"            ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END,"
-		"       CASE WHEN oq.org_id IS NOT NULL THEN oq.quota"
+		"       CASE WHEN o.oq_org IS NOT NULL THEN o.quota"
 		"            ELSE COALESCE(tq.quota, 0) END,"
 		"       (SELECT pg_catalog.array_agg(a.percent ORDER BY a.percent)"
 		"          FROM tiermeter.alert_thresholds a),"
 		"       t.max_session_seconds, t.max_active_sessions"
 		"  FROM tiermeter.features f"
-		"  LEFT JOIN tiermeter.orgs o ON o.org_id" EQ "$1"
+		"  LEFT JOIN (SELECT x.org_id, x.tier_id, x.billing_anchor, x.period_start, x.period_end,"
+		"                    y.org_id AS oq_org, y.quota"
+		"               FROM tiermeter.orgs x"
+		"               LEFT JOIN tiermeter.org_quotas y"
+		"                    ON y.org_id" EQ "x.org_id AND y.feature" EQ "$2"
+		"              WHERE x.org_id" EQ "$1 OFFSET 0) o ON true"
 		"  LEFT JOIN tiermeter.tiers t ON t.tier_id" EQ
 		"       COALESCE(o.tier_id, (SELECT d.tier_id FROM tiermeter.tiers d WHERE d.is_default))"
 		"  LEFT JOIN tiermeter.tier_quotas tq"
 		"       ON tq.tier_id" EQ "t.tier_id AND tq.feature" EQ "f.feature"
-		"  LEFT JOIN tiermeter.org_quotas oq"
-		"       ON oq.org_id" EQ "$1 AND oq.feature" EQ "f.feature"
 		" WHERE f.feature" EQ "$2",
 		2, {TEXTOID, TEXTOID}
 	},

@@ -401,6 +401,7 @@ tiermeter_consume(PG_FUNCTION_ARGS)
 	bool		created;
 
 	tm_call_args(&c, fcinfo);
+	tm_require_org_here(c.org_id, "consume");
 
 	tm_spi_begin(&save);
 	tm_call_load(&c);

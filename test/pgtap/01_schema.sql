@@ -1,6 +1,6 @@
 -- pgTAP: the shape of the public API (docs/reference.md) and its access rules.
 BEGIN;
-SELECT plan(40);
+SELECT plan(41);
 
 SELECT has_schema('tiermeter');
 SELECT tables_are('tiermeter', ARRAY['tiers', 'features', 'tier_quotas', 'stripe_prices',
@@ -39,6 +39,7 @@ SELECT function_returns('tiermeter', 'reapply_stripe_events', ARRAY[]::text[], '
 SELECT function_returns('tiermeter', 'usage_stats', ARRAY['text'], 'jsonb');
 SELECT function_returns('tiermeter', 'rollover', ARRAY['timestamp with time zone'], 'bigint');
 SELECT function_returns('tiermeter', 'schedule_rollover', ARRAY['text'], 'bigint');
+SELECT function_returns('tiermeter', 'distribute', ARRAY[]::text[], 'setof record');
 SELECT function_returns('tiermeter', 'grant_access', ARRAY['regrole', 'text'], 'void');
 SELECT function_returns('tiermeter', 'revoke_access', ARRAY['regrole', 'text'], 'void');
 

@@ -46,6 +46,7 @@ INSERT INTO marked VALUES
 	('apply_subscription_event(jsonb)', 'v', 'u'),
 	('rollover(timestamp with time zone)', 'v', 'u'),
 	('schedule_rollover(text)', 'v', 'u'),
+	('distribute()', 'v', 'u'),
 	('_ensure_org(text)', 'v', 'u'),
 	('_invalidate_database()', 'v', 'u'),
 	('_stripe_malformed(text)', 'v', 'u'),

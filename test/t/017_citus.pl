@@ -14,35 +14,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TmCitus;
 
-my $sharedir = `pg_config --sharedir`;
-chomp $sharedir;
-my $pkglibdir = `pg_config --pkglibdir`;
-chomp $pkglibdir;
-if (!-f "$sharedir/extension/citus.control" || !-f "$pkglibdir/citus.so")
-{
-	plan skip_all =>
-	  "Citus is not installed ($sharedir/extension/citus.control or $pkglibdir/citus.so is missing); "
-	  . 'build it as docs/scaling.md says to run this test';
-}
-
-my @nodes;
-for my $name ('coordinator', 'worker1', 'worker2')
-{
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'citus,tiermeter'
-max_prepared_transactions = 20
-log_statement = 'all'
-});
-	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
-	push @nodes, $node;
-}
+my @nodes = TmCitus::start_cluster("max_prepared_transactions = 20\nlog_statement = 'all'\n");
 my ($coord, $w1, $w2) = @nodes;
-$coord->safe_psql('postgres', sprintf("SELECT citus_set_coordinator_host('%s', %d)", $coord->host, $coord->port));
-$coord->safe_psql('postgres', sprintf("SELECT citus_add_node('%s', %d)", $_->host, $_->port)) for ($w1, $w2);
 
 # CREATE EXTENSION, propagated to the workers by a two-phase commit
 my ($rc, $out, $err) = $coord->psql('postgres', 'CREATE EXTENSION tiermeter');

@@ -1,0 +1,159 @@
+# tiermeter.distribute() on a Citus cluster (a coordinator and two workers,
+# each with shared_preload_libraries = 'citus,tiermeter'): configuration
+# tables become reference tables, the org-keyed tables are distributed by
+# org_id, and check_org_limits, record_usage, consume and usage_stats are
+# delegated by their org, so a call through the coordinator runs on the
+# worker that holds the org, against that worker's cache.
+# Runs only where Citus is installed (docs/scaling.md says how to build it).
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TmCitus;
+
+my @nodes = TmCitus::start_cluster("max_prepared_transactions = 50\nmax_connections = 120\n");
+my ($coord, $w1, $w2) = @nodes;
+$coord->safe_psql('postgres', 'CREATE EXTENSION tiermeter');
+
+# a config edit made before distributing reaches every worker
+$coord->safe_psql('postgres',
+	"UPDATE tiermeter.tier_quotas SET quota = 4000 WHERE tier_id = 'free' AND feature = 'conversation_seconds'");
+
+my $placed = q{SELECT placement, count(*) FROM tiermeter.distribute() GROUP BY 1 ORDER BY 1};
+my $expected = join("\n",
+	'delegated by org_id|4',
+	'distributed by org_id, co-located with tiermeter.orgs|6',
+	'local to each node|4',
+	'reference table (a copy on every node)|5');
+is($coord->safe_psql('postgres', $placed), $expected, 'distribute() places every table and delegates the functions');
+is($coord->safe_psql('postgres', $placed), $expected, 'a second call changes nothing');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(logicalrelid::text || ':' || partmethod::text, ' ' ORDER BY logicalrelid::text)
+	  FROM pg_dist_partition WHERE logicalrelid::text LIKE 'tiermeter.%'}),
+	'tiermeter._session_slots:h tiermeter.alert_thresholds:n tiermeter.features:n tiermeter.org_quotas:h '
+	  . 'tiermeter.orgs:h tiermeter.sessions:h tiermeter.stripe_prices:n tiermeter.tier_quotas:n '
+	  . 'tiermeter.tiers:n tiermeter.usage_grants:h tiermeter.usage_log:h',
+	"Citus's metadata agrees");
+my ($rc, $out, $err) = $w1->psql('postgres', 'SELECT * FROM tiermeter.distribute()');
+like($err, qr/distribute\(\) runs on the coordinator/, 'a worker refuses to distribute');
+
+# orgs whose rows live on each worker
+my (%worker_of, @on_w1, @on_w2);
+for my $i (1 .. 200)
+{
+	my $org = "org-$i";
+	my $port = $coord->safe_psql('postgres', qq{
+		SELECT nodeport FROM pg_dist_shard_placement
+		 WHERE shardid = get_shard_id_for_distribution_column('tiermeter.orgs', '$org')});
+	my $w = $port == $w1->port ? $w1 : $w2;
+	$worker_of{$org} = $w;
+	push @{ $w == $w1 ? \@on_w1 : \@on_w2 }, $org;
+}
+ok(@on_w1 >= 3 && @on_w2 >= 3, 'orgs on both workers');
+my ($a, $b, $c) = ($on_w1[0], $on_w2[0], $on_w1[1]);
+
+sub q1 { return $coord->safe_psql('postgres', $_[0]); }
+sub hits { return $_[0]->safe_psql('postgres', 'SELECT hits FROM tiermeter.cache_stats()'); }
+
+# A limit_status from "SELECT tiermeter.f(...)" through the coordinator: the
+# form Citus delegates (a field of it, or a FROM clause, would run the
+# function on the coordinator).
+my @cols = qw(org_id tier feature allowed reason used quota remaining percent_used
+  warning unlimited period_start period_end);
+sub st
+{
+	my ($call) = @_;
+	my $row = q1("SELECT tiermeter.$call");
+	$row =~ s/^\(|\)$//g;
+	my @v = split /,/, $row;
+	my %r;
+	@r{@cols} = @v;
+	return \%r;
+}
+
+# the hot path through the coordinator, delegated to the worker that holds the org
+is(st("record_usage('$a', 100)")->{used}, '100', 'usage recorded');
+st("record_usage('$a', 20)");
+st("record_usage('$b', 300)");
+my $s = st("check_org_limits('$a')");
+is("$s->{org_id} $s->{tier} $s->{allowed} $s->{used} $s->{quota} $s->{remaining} $s->{percent_used}",
+	"$a free t 120 4000 3880 3.00",
+	'check_org_limits through the coordinator: the usage, and the quota edited before distributing');
+my $other = $worker_of{$a} == $w1 ? $w2 : $w1;
+my ($h, $h_other) = (hits($worker_of{$a}), hits($other));
+st("check_org_limits('$a')") for 1 .. 5;
+cmp_ok(hits($worker_of{$a}) - $h, '>=', 5, "each check is answered from the cache of the worker that holds the org");
+is(hits($other) - $h_other, 0, "the other worker's cache is not asked");
+is($coord->safe_psql('postgres', 'SELECT entries FROM tiermeter.cache_stats()'), '0',
+	"the coordinator's cache holds nothing");
+is(st("check_org_limits('$b')")->{used}, '300', "the other worker's org");
+
+# not delegated (a transaction block): the coordinator answers from the
+# tables, never from a cache that the workers' writes do not reach
+q1("BEGIN; SELECT tiermeter.check_org_limits('$a'); COMMIT;");
+q1("SELECT tiermeter.record_usage('$a', 7)");
+is(q1("BEGIN; SELECT (tiermeter.check_org_limits('$a')).used; COMMIT;"), '127',
+	'a check in a transaction block on the coordinator sees usage recorded on the worker since');
+is(q1("BEGIN; SELECT (tiermeter.record_usage('$a', 3)).used; COMMIT;"), '130',
+	'usage recorded in a transaction block through the coordinator');
+is(st("check_org_limits('$a')")->{used}, '130', "and the worker's cache counts it");
+
+# idempotency keys
+q1("SELECT tiermeter.record_usage('$b', 5, idempotency_key => 'k1')") for 1 .. 3;
+is(st("check_org_limits('$b')")->{used}, '305', 'a repeated key counts once');
+
+# consume: 32 clients on one org through the coordinator never pass the quota
+q1("SELECT tiermeter.set_org_quota('$c', 'reports', 500)");
+my $script = PostgreSQL::Test::Utils::tempdir() . '/consume.sql';
+PostgreSQL::Test::Utils::append_to_file($script, "SELECT tiermeter.consume('$c', 1, 'reports');\n");
+my ($pout, $perr);
+my $ok = IPC::Run::run([ 'pgbench', '-n', '-c', '32', '-j', '2', '-t', '25', '-f', $script,
+		'-h', $coord->host, '-p', $coord->port, 'postgres' ], '>', \$pout, '2>', \$perr);
+ok($ok, '32 clients consumed through the coordinator') or diag($perr);
+is(q1("SELECT coalesce(sum(amount), 0) FROM tiermeter.usage_log WHERE org_id = '$c' AND feature = 'reports'"), '500',
+	'exactly the quota was recorded (800 attempts)');
+is(st("check_org_limits('$c', 'reports')")->{used}, '500', 'and check_org_limits says so');
+$s = st("consume('$c', 1, 'reports')");
+is("$s->{allowed} $s->{reason} $s->{used}", 'f limit_exceeded 500', 'one more is refused');
+($rc, $out, $err) = $coord->psql('postgres', "BEGIN; SELECT tiermeter.consume('$c', 1, 'reports'); COMMIT;");
+like($err, qr/consume for org "\Q$c\E" must run on the node that holds the org/,
+	'consume in a transaction block on the coordinator is refused, with a hint');
+
+# config edits on the coordinator are seen on every worker on the next call
+q1("UPDATE tiermeter.tier_quotas SET quota = 5000 WHERE tier_id = 'free' AND feature = 'conversation_seconds'");
+is(st("check_org_limits('$a')")->{quota} . ' ' . st("check_org_limits('$b')")->{quota},
+	'5000 5000', 'a quota edited on the coordinator counts on both workers');
+
+# admin functions and Stripe events through the coordinator
+q1("SELECT tiermeter.set_org_tier('$a', 'basic')");
+q1("SELECT tiermeter.grant_usage('$a', 1000)");
+is(st("check_org_limits('$a')")->{quota}, '19000', 'set_org_tier and grant_usage');
+my $created = time();
+is(q1(qq{SELECT tiermeter.apply_subscription_event('{"id": "evt_1", "type": "customer.subscription.updated",
+	"created": $created, "data": {"object": {"id": "sub_1", "object": "subscription", "customer": "cus_1",
+	"status": "active", "metadata": {"organizationId": "$b", "tier": "professional"},
+	"items": {"data": [{"price": {"id": "price_unknown"}}]}}}}')}), 'applied', 'a Stripe event applied through the coordinator');
+$s = st("check_org_limits('$b')");
+is("$s->{tier} $s->{used} $s->{quota}", 'professional 305 72000', 'the org moved up a tier, its usage kept');
+is(q1(qq{SELECT tiermeter.apply_subscription_event('{"id": "evt_1", "type": "customer.subscription.updated",
+	"created": $created, "data": {"object": {"id": "sub_1", "object": "subscription", "customer": "cus_1",
+	"status": "canceled", "metadata": {"organizationId": "$b", "tier": "professional"},
+	"items": {"data": [{"price": {"id": "price_unknown"}}]}}}}')}), 'duplicate', 'a replayed event changes nothing');
+like(q1("SELECT tiermeter.usage_stats('$b')"), qr/"used_seconds": 305,/, 'usage_stats');
+
+# a worker restarts: its cache is rebuilt from its shards
+$worker_of{$a}->restart;
+is(st("check_org_limits('$a')")->{used}, '130', 'the usage after a worker restart');
+st("record_usage('$a', 10)");
+is(st("check_org_limits('$a')")->{used}, '140', 'and after more');
+
+is($w1->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts')
+	  . $w2->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'),
+	'00', 'no transaction is left prepared');
+
+$_->stop for @nodes;
+done_testing();
