@@ -1823,7 +1823,9 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	moved	bigint;
 	s		@extschema@.sessions;
+	k		record;
 	acc		record;
+	cutoff	timestamptz;
 BEGIN
 	IF as_of IS NULL OR NOT isfinite(as_of) THEN
 		RAISE EXCEPTION 'tiermeter: as_of must be a finite timestamp'
@@ -1847,10 +1849,16 @@ BEGIN
 	-- keeps the index of open sessions small.  Idle by now, whatever as_of
 	-- (which may be in the future): their time counts up to when they went
 	-- idle, as a touch would count it; a busy session is left to its caller
-	FOR s IN SELECT * FROM @extschema@.sessions x
-			  WHERE x.ended_at IS NULL AND x.idle_until < least(as_of, clock_timestamp())
-			  FOR UPDATE SKIP LOCKED
+	-- (one row at a time: Citus locks rows of one shard per statement only)
+	cutoff := least(as_of, clock_timestamp());
+	FOR k IN SELECT x.org_id, x.conversation_id FROM @extschema@.sessions x
+			  WHERE x.ended_at IS NULL AND x.idle_until < cutoff
 	LOOP
+		SELECT * INTO s FROM @extschema@.sessions x
+		 WHERE x.org_id = k.org_id AND x.conversation_id = k.conversation_id
+		   AND x.ended_at IS NULL AND x.idle_until < cutoff
+		   FOR UPDATE SKIP LOCKED;
+		CONTINUE WHEN NOT FOUND;
 		acc := @extschema@._session_accrue(s, s.idle_until);
 		UPDATE @extschema@.sessions x
 		   SET accrued_to = (acc.s).accrued_to, duration_seconds = (acc.s).duration_seconds,
@@ -1869,36 +1877,48 @@ COMMENT ON FUNCTION @extschema@.rollover(timestamptz) IS 'Moves every org whose 
 -- The current period of every org and feature: what check_org_limits
 -- answers, for all of them at once.
 CREATE VIEW @extschema@.org_usage AS
-SELECT o.org_id, o.tier_id AS tier, f.feature, p.period_start, p.period_end,
-	   u.used, q.quota,
-	   CASE WHEN q.quota IS NOT NULL THEN greatest(q.quota - u.used, 0) END AS remaining,
+SELECT o.org_id, o.tier_id AS tier, f.feature, o.ps AS period_start, o.pe AS period_end,
+	   coalesce(u.used, 0)::bigint AS used, q.quota,
+	   CASE WHEN q.quota IS NOT NULL THEN greatest(q.quota - coalesce(u.used, 0), 0) END AS remaining,
 	   CASE WHEN q.quota IS NULL THEN 0.00::numeric
 			WHEN q.quota = 0 THEN 100.00::numeric
 			-- round(100 * used / quota, 2), half up, exactly; in hundredths
 			-- it saturates at the end of bigint, as check_org_limits does
-			ELSE round(least(div(u.used::numeric * 20000 + q.quota, 2::numeric * q.quota),
+			ELSE round(least(div(coalesce(u.used, 0)::numeric * 20000 + q.quota, 2::numeric * q.quota),
 							 9223372036854775807) * 0.01, 2)
 	   END AS percent_used
-  FROM @extschema@.orgs o
+  FROM (SELECT x.org_id, x.tier_id, (x.p).period_start AS ps, (x.p).period_end AS pe
+		  FROM (SELECT o.org_id, o.tier_id,
+					   @extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end) AS p
+				  FROM @extschema@.orgs o) x) o
  CROSS JOIN @extschema@.features f
- CROSS JOIN LATERAL @extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end) p
- CROSS JOIN LATERAL (
-	SELECT least(greatest(coalesce(sum(l.amount), 0), -9223372036854775808), 9223372036854775807)::bigint AS used
+  -- usage and grants summed per org and feature over each org's period, then
+  -- joined by org: on a Citus cluster each part runs on the org's worker
+  LEFT JOIN (
+	SELECT l.org_id, l.feature,
+		   least(greatest(sum(l.amount), -9223372036854775808), 9223372036854775807)::bigint AS used
 	  FROM @extschema@.usage_log l
-	 WHERE l.org_id = o.org_id AND l.feature = f.feature
-	   AND (f.kind = 'gauge' OR (l.occurred_at >= p.period_start AND l.occurred_at < p.period_end))) u
+	  JOIN @extschema@.orgs o ON o.org_id = l.org_id
+	  JOIN @extschema@.features f ON f.feature = l.feature
+	 WHERE f.kind = 'gauge'
+		OR (l.occurred_at >= (@extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end)).period_start
+			AND l.occurred_at < (@extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end)).period_end)
+	 GROUP BY l.org_id, l.feature) u ON u.org_id = o.org_id AND u.feature = f.feature
+  LEFT JOIN (
+	SELECT g.org_id, g.feature, sum(g.amount) AS granted
+	  FROM @extschema@.usage_grants g
+	  JOIN @extschema@.orgs o ON o.org_id = g.org_id
+	 WHERE g.granted_at >= (@extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end)).period_start
+	   AND g.granted_at < (@extschema@.period_bounds(o.billing_anchor, now(), o.period_start, o.period_end)).period_end
+	 GROUP BY g.org_id, g.feature) g ON g.org_id = o.org_id AND g.feature = f.feature
+  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = o.org_id AND oq.feature = f.feature
+  LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = o.tier_id AND tq.feature = f.feature
  CROSS JOIN LATERAL (
 	SELECT CASE WHEN CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL
 						  ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END THEN NULL
 				ELSE least(CASE WHEN oq.org_id IS NOT NULL THEN oq.quota ELSE coalesce(tq.quota, 0) END
-						   + coalesce((SELECT sum(g.amount) FROM @extschema@.usage_grants g
-									   WHERE g.org_id = o.org_id AND g.feature = f.feature
-										 AND g.granted_at >= p.period_start AND g.granted_at < p.period_end), 0),
-						   9223372036854775807)::bigint
-		   END AS quota
-	  FROM (SELECT 1) one
-	  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = o.org_id AND oq.feature = f.feature
-	  LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = o.tier_id AND tq.feature = f.feature) q;
+						   + coalesce(g.granted, 0), 9223372036854775807)::bigint
+		   END AS quota) q;
 REVOKE ALL ON @extschema@.org_usage FROM PUBLIC;
 COMMENT ON VIEW @extschema@.org_usage IS 'The current period of every org and feature: used, quota (NULL = unlimited), remaining and percent_used, as check_org_limits answers them, from the tables.';
 
@@ -1945,29 +1965,36 @@ WITH periods AS (
 		   least(sum(used), 9223372036854775807)::bigint AS used
 	  FROM periods
 	 GROUP BY org_id, feature, period_start, period_end
+), granted AS (
+	SELECT g.org_id, g.feature, p.period_start, sum(g.amount) AS amount
+	  FROM @extschema@.usage_grants g
+	  JOIN @extschema@.orgs o ON o.org_id = g.org_id
+	 CROSS JOIN LATERAL @extschema@.period_bounds(o.billing_anchor, g.granted_at, o.period_start, o.period_end) p
+	 GROUP BY g.org_id, g.feature, p.period_start
+), changes AS (
+	-- the tier at the period's end (or now): the last tier change before it,
+	-- else the tier the first change after it left, else the org's tier
+	SELECT h.org_id, h.feature, h.period_start,
+		   (array_agg(e.payload->>'to' ORDER BY e.created_at DESC, e.id DESC)
+				FILTER (WHERE e.created_at < least(h.period_end, now())))[1] AS tier_before,
+		   (array_agg(e.payload->>'from' ORDER BY e.created_at, e.id)
+				FILTER (WHERE e.created_at >= least(h.period_end, now())))[1] AS tier_after
+	  FROM h
+	  JOIN @extschema@.limit_events e ON e.org_id = h.org_id AND e.kind = 'tier_changed'
+	 GROUP BY h.org_id, h.feature, h.period_start
 )
 SELECT h.org_id, h.feature, h.period_start, h.period_end, t.tier, h.used,
 	   CASE WHEN CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL
 					  ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END THEN NULL
 			ELSE least(CASE WHEN oq.org_id IS NOT NULL THEN oq.quota ELSE coalesce(tq.quota, 0) END
-					   + coalesce((SELECT sum(g.amount) FROM @extschema@.usage_grants g
-								   WHERE g.org_id = h.org_id AND g.feature = h.feature
-									 AND g.granted_at >= h.period_start AND g.granted_at < h.period_end), 0),
-					   9223372036854775807)::bigint
+					   + coalesce(gr.amount, 0), 9223372036854775807)::bigint
 	   END AS quota
   FROM h
- -- the tier at the period's end (or now): the last tier change before it,
- -- else the tier the first change after it left, else the org's tier
- CROSS JOIN LATERAL (
-	SELECT coalesce(
-		(SELECT e.payload->>'to' FROM @extschema@.limit_events e
-		  WHERE e.org_id = h.org_id AND e.kind = 'tier_changed' AND e.created_at < least(h.period_end, now())
-		  ORDER BY e.created_at DESC, e.id DESC LIMIT 1),
-		(SELECT e.payload->>'from' FROM @extschema@.limit_events e
-		  WHERE e.org_id = h.org_id AND e.kind = 'tier_changed' AND e.created_at >= least(h.period_end, now())
-		  ORDER BY e.created_at, e.id LIMIT 1),
-		(SELECT o.tier_id FROM @extschema@.orgs o WHERE o.org_id = h.org_id)) AS tier) t
-  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = h.org_id AND oq.feature = h.feature
+  JOIN @extschema@.orgs o ON o.org_id = h.org_id
+  LEFT JOIN changes c ON c.org_id = h.org_id AND c.feature = h.feature AND c.period_start = h.period_start
+ CROSS JOIN LATERAL (SELECT coalesce(c.tier_before, c.tier_after, o.tier_id) AS tier) t
+  LEFT JOIN granted gr ON gr.org_id = o.org_id AND gr.feature = h.feature AND gr.period_start = h.period_start
+  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = o.org_id AND oq.feature = h.feature
   LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = t.tier AND tq.feature = h.feature;
 REVOKE ALL ON @extschema@.usage_history FROM PUBLIC;
 COMMENT ON VIEW @extschema@.usage_history IS 'One row per org, period feature and monthly period, closed or open: its usage, the tier the org was on at the period''s end (from tier_changed events) and that tier''s quota as configured now (with the org''s override and the period''s grants).';
@@ -2006,6 +2033,10 @@ DECLARE
 		'check_org_limits(text,text)',
 		'record_usage(text,bigint,text,text,text,timestamptz)',
 		'consume(text,bigint,text,text,text)',
+		'begin_session(text,text,text)',
+		'touch_session(text,text)',
+		'end_session(text,text)',
+		'check_session_limits(text,text)',
 		'usage_stats(text)'];
 	-- the seed-tracking triggers, and the foreign keys dropped and added back
 	drops		text[] := ARRAY[

@@ -34,6 +34,16 @@ TM_FUNCTION(tiermeter_require_amount);
 #define GE " OPERATOR(pg_catalog.>=) "
 #define PLUS " OPERATOR(pg_catalog.+) "
 #define TIMES " OPERATOR(pg_catalog.*) "
+
+/*
+ * ts + secs seconds, with immutable operators only (timestamptz + interval
+ * is STABLE, which Citus refuses on columns in an UPDATE): the same instant,
+ * computed in UTC.
+ */
+#define UTC_PLUS(ts, secs) \
+	"pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', " ts ")" PLUS \
+	"(" secs TIMES "'1 second'::pg_catalog.interval))"
+
 /* the whole seconds from a session's accrued_to to $3, at least 0 */
 #define TM_DELTA \
 	"GREATEST(pg_catalog.floor(pg_catalog.date_part('epoch', $3" \
@@ -137,11 +147,10 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		"UPDATE tiermeter.sessions s"
 		"   SET last_counted = " TM_DELTA ","
 		"       duration_seconds = s.duration_seconds" PLUS TM_DELTA ","
-		"       accrued_to = s.accrued_to" PLUS
-		"                    (" TM_DELTA "::pg_catalog.float8" TIMES "'1 second'::pg_catalog.interval),"
+		"       accrued_to = " UTC_PLUS("s.accrued_to", TM_DELTA "::pg_catalog.float8") ","
 		"       last_active_at = GREATEST(s.last_active_at, $3),"
-		"       idle_until = GREATEST(s.last_active_at, $3)" PLUS
-		"                    (s.idle_timeout::pg_catalog.float8" TIMES "'1 second'::pg_catalog.interval)"
+		"       idle_until = " UTC_PLUS("GREATEST(s.last_active_at, $3)",
+										"s.idle_timeout::pg_catalog.float8")
 		" WHERE s.org_id" EQ "$1 AND s.conversation_id" EQ "$2"
 		"   AND s.ended_at IS NULL AND s.idle_until" GE "$4"
 		" RETURNING s.started_at, s.last_active_at, s.accrued_to, s.idle_until,"

@@ -15,7 +15,14 @@ use FindBin;
 use lib $FindBin::RealBin;
 use TmCitus;
 
-my @nodes = TmCitus::start_cluster("max_prepared_transactions = 50\nmax_connections = 120\n");
+my @nodes = TmCitus::start_cluster(q{
+shared_preload_libraries = 'citus,tiermeter,pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 20
+max_prepared_transactions = 50
+max_connections = 120
+});
 my ($coord, $w1, $w2) = @nodes;
 $coord->safe_psql('postgres', 'CREATE EXTENSION tiermeter');
 
@@ -25,7 +32,7 @@ $coord->safe_psql('postgres',
 
 my $placed = q{SELECT placement, count(*) FROM tiermeter.distribute() GROUP BY 1 ORDER BY 1};
 my $expected = join("\n",
-	'delegated by org_id|4',
+	'delegated by org_id|8',
 	'distributed by org_id, co-located with tiermeter.orgs|6',
 	'local to each node|4',
 	'reference table (a copy on every node)|5');
@@ -150,6 +157,48 @@ $worker_of{$a}->restart;
 is(st("check_org_limits('$a')")->{used}, '130', 'the usage after a worker restart');
 st("record_usage('$a', 10)");
 is(st("check_org_limits('$a')")->{used}, '140', 'and after more');
+
+# sessions, delegated by org
+my $d = $on_w2[1];
+like(q1("SELECT tiermeter.begin_session('$d', 'conv-1')"), qr/^\(\Q$d\E,conv-1,t,,t,/, 'a session begins');
+like(q1("SELECT tiermeter.begin_session('$d', 'conv-2')"), qr/^\(\Q$d\E,conv-2,f,too_many_active_sessions,f,/,
+	'a second one is refused on the free tier');
+like(q1("SELECT tiermeter.touch_session('$d', 'conv-1')"), qr/^\(\Q$d\E,conv-1,t,,t,/, 'a touch');
+like(q1("SELECT tiermeter.check_session_limits('$d', 'conv-1')"), qr/^\(\Q$d\E,conv-1,t,,t,/, 'check_session_limits');
+like(q1("SELECT tiermeter.end_session('$d', 'conv-1')"), qr/^\(\Q$d\E,conv-1,t,,f,/, 'end_session frees the slot');
+like(q1("SELECT tiermeter.begin_session('$d', 'conv-2')"), qr/^\(\Q$d\E,conv-2,t,,t,/, 'so the next one begins');
+like(q1("SELECT tiermeter.begin_session('$d', 'conv-3')"), qr/too_many_active_sessions/, 'and the limit holds again');
+q1("SELECT tiermeter.end_session('$d', 'conv-2')");
+
+# the views, on the coordinator, across both workers
+is(q1("SELECT count(DISTINCT org_id) FROM tiermeter.org_usage"), q1('SELECT count(*) FROM tiermeter.orgs'),
+	'org_usage: every org');
+is(q1("SELECT used || ' ' || quota FROM tiermeter.org_usage WHERE org_id = '$a' AND feature = 'conversation_seconds'"),
+	st("check_org_limits('$a')")->{used} . ' ' . st("check_org_limits('$a')")->{quota},
+	'org_usage answers as check_org_limits');
+is(q1("SELECT used || ' ' || quota FROM tiermeter.org_usage WHERE org_id = '$c' AND feature = 'reports'"), '500 500',
+	'and for the org on the other worker');
+is(q1("SELECT orgs FROM tiermeter.tier_summary WHERE tier = 'professional' AND feature = 'conversation_seconds'"), '1',
+	'tier_summary');
+is(q1("SELECT string_agg(org_id || ' ' || feature || ' ' || percent_used, ',') FROM tiermeter.orgs_near_limit"),
+	"$c reports 100.00", 'orgs_near_limit');
+is(q1("SELECT tier || ' ' || used || ' ' || quota FROM tiermeter.usage_history WHERE org_id = '$b' AND feature = 'conversation_seconds'"),
+	'professional 305 72000', 'usage_history');
+
+# rollover on the coordinator: by hand, then from pg_cron
+q1("UPDATE tiermeter.orgs SET period_start = timezone('UTC', timezone('UTC', period_start) - interval '1 month'), period_end = period_start WHERE org_id IN ('$a', '$b')");
+is(q1("SELECT tiermeter.rollover(now())"), '2', 'rollover moves the orgs whose stored period ended, on both workers');
+is(q1("SELECT tiermeter.rollover(now())"), '0', 'a repeat moves none');
+is(st("check_org_limits('$a')")->{used}, '140', "the usage of the org's period is kept");
+q1("UPDATE tiermeter.orgs SET period_start = timezone('UTC', timezone('UTC', period_start) - interval '1 month'), period_end = period_start WHERE org_id = '$c'");
+q1('CREATE EXTENSION pg_cron');
+my $job = q1("SELECT tiermeter.schedule_rollover('* * * * *')");
+ok( $coord->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM cron.job_run_details WHERE jobid = $job AND status IN ('succeeded', 'failed')", 't'),
+	'the pg_cron job ran');
+is(q1("SELECT status || ' ' || return_message FROM cron.job_run_details WHERE jobid = $job ORDER BY runid LIMIT 1"),
+	'succeeded SELECT 1', 'rollover from pg_cron on the coordinator succeeded');
+is(q1("SELECT period_end > now() FROM tiermeter.orgs WHERE org_id = '$c'"), 't', 'and moved the org');
 
 is($w1->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts')
 	  . $w2->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'),
