@@ -172,9 +172,78 @@ COMMENT ON TABLE @extschema@._access IS 'The access levels granted to each role 
 -- upgrade script does not grant it to the roles that hold the level (a
 -- GRANT in an extension script is an initial privilege, which pg_dump
 -- omits): the owner grants the levels again (docs/security.md, "Upgrades").
+-- Has distribute() spread the tables over a Citus cluster?
+CREATE FUNCTION @extschema@._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	found	boolean;
+BEGIN
+	IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;			-- no Citus
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = $1)'
+		INTO found USING '@extschema@.orgs'::regclass;
+	RETURN found;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._distributed() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._distributed() IS 'Internal: whether distribute() has distributed the tables (Citus).';
+
+-- Runs a command on every Citus worker (each commits on its own), or fails.
+CREATE FUNCTION @extschema@._on_workers(command text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	record;
+BEGIN
+	IF command IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: command must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF pg_catalog.to_regprocedure('pg_catalog.run_command_on_workers(text,boolean)') IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: Citus is not installed in this database'
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	FOR r IN EXECUTE 'SELECT * FROM pg_catalog.run_command_on_workers($1)' USING command LOOP
+		IF NOT r.success THEN
+			RAISE EXCEPTION 'tiermeter: on worker %:%: %', r.nodename, r.nodeport, r.result
+				USING ERRCODE = 'object_not_in_prerequisite_state';
+		END IF;
+	END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._on_workers(text) FROM PUBLIC;
+
+-- A GRANT or REVOKE of a level's privilege, made here, and on the workers
+-- too for a function Citus does not propagate the grants of (one that is
+-- not a distributed object: period_bounds, which the views call on the
+-- workers).  A distributed function's grant reaches the workers inside
+-- this transaction; doing it again from another connection would wait
+-- for this one.
+CREATE FUNCTION @extschema@._access_apply(command text, kind text, object text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	propagated	boolean;
+BEGIN
+	IF command IS NULL THEN
+		RAISE EXCEPTION 'tiermeter: command must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF command !~ '^(GRANT|REVOKE) ' THEN
+		RAISE EXCEPTION 'tiermeter: command must be a GRANT or a REVOKE' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	EXECUTE command;
+	IF kind = 'FUNCTION' AND @extschema@._distributed() THEN
+		EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object d
+								 WHERE d.classid = ''pg_catalog.pg_proc''::pg_catalog.regclass AND d.objid = $1)'
+			INTO propagated USING object::regprocedure;
+		IF NOT propagated THEN
+			PERFORM @extschema@._on_workers(command);
+		END IF;
+	END IF;
+END $$;
+REVOKE ALL ON FUNCTION @extschema@._access_apply(text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._access_apply(text, text, text) IS 'Internal: runs a GRANT or REVOKE of an access level''s privilege, and on the Citus workers too for a function whose grants Citus does not propagate.';
+COMMENT ON FUNCTION @extschema@._on_workers(text) IS 'Internal: runs a command on every Citus worker (each commits on its own) and fails if one fails.';
+
 CREATE FUNCTION @extschema@._access_privileges(level text)
 RETURNS TABLE (privilege text, kind text, object text)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT p.privilege, p.kind, p.object
 	  FROM (VALUES
 		('app', 'USAGE', 'SCHEMA', '@extschema@'),
@@ -236,6 +305,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 		('reader', 'SELECT', 'TABLE', '@extschema@.usage_history')
 	  ) AS p(lvl, privilege, kind, object)
 	 WHERE p.lvl = level OR (level = 'billing' AND p.lvl = 'app')
+	UNION ALL
+	-- Once distribute() has spread the tables over a Citus cluster, Citus
+	-- runs a view's queries on the workers' shards as the reader itself,
+	-- not as the view's owner: the reader then reads the tables the views
+	-- read (docs/security.md, "On a Citus cluster").
+	SELECT 'SELECT', 'TABLE', '@extschema@.' || t
+	  FROM unnest(ARRAY['orgs', 'usage_log', 'usage_grants', 'org_quotas',
+						'tiers', 'features', 'tier_quotas', 'alert_thresholds']) AS t
+	 WHERE level = 'reader' AND @extschema@._distributed()
 $$;
 REVOKE ALL ON FUNCTION @extschema@._access_privileges(text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._access_privileges(text) IS 'Internal: the privileges an access level gives, one (privilege, object kind, object) a row.';
@@ -308,9 +386,14 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM @extschema@._access_require(role, level);
+	IF @extschema@._distributed() THEN
+		-- Citus: GRANTs on distributed tables, one connection per node
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
 	INSERT INTO @extschema@._access (grantee, level) VALUES (role, level) ON CONFLICT DO NOTHING;
 	FOR p IN SELECT * FROM @extschema@._access_privileges(level) LOOP
-		EXECUTE format('GRANT %s ON %s %s TO %s', p.privilege, p.kind, p.object, role);
+		PERFORM @extschema@._access_apply(format('GRANT %s ON %s %s TO %s', p.privilege, p.kind, p.object, role),
+										   p.kind, p.object);
 	END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION @extschema@.grant_access(regrole, text) FROM PUBLIC;
@@ -328,6 +411,9 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM @extschema@._access_require(role, level);
+	IF @extschema@._distributed() THEN
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
 	-- forget this level, and any other one the role no longer fully holds
 	DELETE FROM @extschema@._access a
 	 WHERE a.grantee = role
@@ -339,7 +425,8 @@ BEGIN
 		SELECT q.* FROM @extschema@._access a, @extschema@._access_privileges(a.level) q
 		 WHERE a.grantee = role
 	LOOP
-		EXECUTE format('REVOKE %s ON %s %s FROM %s', p.privilege, p.kind, p.object, role);
+		PERFORM @extschema@._access_apply(format('REVOKE %s ON %s %s FROM %s', p.privilege, p.kind, p.object, role),
+										   p.kind, p.object);
 	END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION @extschema@.revoke_access(regrole, text) FROM PUBLIC;
@@ -1971,31 +2058,31 @@ WITH periods AS (
 	  JOIN @extschema@.orgs o ON o.org_id = g.org_id
 	 CROSS JOIN LATERAL @extschema@.period_bounds(o.billing_anchor, g.granted_at, o.period_start, o.period_end) p
 	 GROUP BY g.org_id, g.feature, p.period_start
-), changes AS (
+), tiered AS (
 	-- the tier at the period's end (or now): the last tier change before it,
 	-- else the tier the first change after it left, else the org's tier
-	SELECT h.org_id, h.feature, h.period_start,
-		   (array_agg(e.payload->>'to' ORDER BY e.created_at DESC, e.id DESC)
-				FILTER (WHERE e.created_at < least(h.period_end, now())))[1] AS tier_before,
-		   (array_agg(e.payload->>'from' ORDER BY e.created_at, e.id)
-				FILTER (WHERE e.created_at >= least(h.period_end, now())))[1] AS tier_after
+	-- (h is read once, so that a filter on org_id reaches the ledger's index)
+	SELECT h.org_id, h.feature, h.period_start, h.period_end, h.used,
+		   coalesce((array_agg(e.payload->>'to' ORDER BY e.created_at DESC, e.id DESC)
+						FILTER (WHERE e.created_at < least(h.period_end, now())))[1],
+					(array_agg(e.payload->>'from' ORDER BY e.created_at, e.id)
+						FILTER (WHERE e.created_at >= least(h.period_end, now())))[1],
+					o.tier_id) AS tier
 	  FROM h
-	  JOIN @extschema@.limit_events e ON e.org_id = h.org_id AND e.kind = 'tier_changed'
-	 GROUP BY h.org_id, h.feature, h.period_start
+	  JOIN @extschema@.orgs o ON o.org_id = h.org_id
+	  LEFT JOIN @extschema@.limit_events e ON e.org_id = h.org_id AND e.kind = 'tier_changed'
+	 GROUP BY h.org_id, h.feature, h.period_start, h.period_end, h.used, o.tier_id
 )
-SELECT h.org_id, h.feature, h.period_start, h.period_end, t.tier, h.used,
+SELECT t.org_id, t.feature, t.period_start, t.period_end, t.tier, t.used,
 	   CASE WHEN CASE WHEN oq.org_id IS NOT NULL THEN oq.quota IS NULL
 					  ELSE tq.tier_id IS NOT NULL AND tq.quota IS NULL END THEN NULL
 			ELSE least(CASE WHEN oq.org_id IS NOT NULL THEN oq.quota ELSE coalesce(tq.quota, 0) END
 					   + coalesce(gr.amount, 0), 9223372036854775807)::bigint
 	   END AS quota
-  FROM h
-  JOIN @extschema@.orgs o ON o.org_id = h.org_id
-  LEFT JOIN changes c ON c.org_id = h.org_id AND c.feature = h.feature AND c.period_start = h.period_start
- CROSS JOIN LATERAL (SELECT coalesce(c.tier_before, c.tier_after, o.tier_id) AS tier) t
-  LEFT JOIN granted gr ON gr.org_id = o.org_id AND gr.feature = h.feature AND gr.period_start = h.period_start
-  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = o.org_id AND oq.feature = h.feature
-  LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = t.tier AND tq.feature = h.feature;
+  FROM tiered t
+  LEFT JOIN granted gr ON gr.org_id = t.org_id AND gr.feature = t.feature AND gr.period_start = t.period_start
+  LEFT JOIN @extschema@.org_quotas oq ON oq.org_id = t.org_id AND oq.feature = t.feature
+  LEFT JOIN @extschema@.tier_quotas tq ON tq.tier_id = t.tier AND tq.feature = t.feature;
 REVOKE ALL ON @extschema@.usage_history FROM PUBLIC;
 COMMENT ON VIEW @extschema@.usage_history IS 'One row per org, period feature and monthly period, closed or open: its usage, the tier the org was on at the period''s end (from tier_changed events) and that tier''s quota as configured now (with the org''s override and the period''s grants).';
 
@@ -2106,12 +2193,7 @@ BEGIN
 			END IF;
 		END LOOP;
 		FOREACH cmd IN ARRAY drops LOOP
-			FOR r IN SELECT * FROM pg_catalog.run_command_on_workers(cmd) LOOP
-				IF NOT r.success THEN
-					RAISE EXCEPTION 'tiermeter: on worker %:%: %', r.nodename, r.nodeport, r.result
-						USING ERRCODE = 'object_not_in_prerequisite_state';
-				END IF;
-			END LOOP;
+			PERFORM @extschema@._on_workers(cmd);
 			EXECUTE cmd;
 		END LOOP;
 	END IF;
@@ -2149,6 +2231,14 @@ BEGIN
 			colocate_with => '@extschema@.orgs');
 		object := '@extschema@.' || t; placement := 'delegated by org_id';
 		RETURN NEXT;
+	END LOOP;
+	-- the privileges of the levels given before, on the workers too (the
+	-- reader's grow: see _access_privileges)
+	FOR r IN SELECT a.grantee::regrole AS grantee, a.level FROM @extschema@._access a
+			  WHERE EXISTS (SELECT 1 FROM pg_roles x WHERE x.oid = a.grantee) LOOP
+		PERFORM @extschema@._access_apply(format('GRANT %s ON %s %s TO %s', p.privilege, p.kind, p.object, r.grantee),
+										   p.kind, p.object)
+		   FROM @extschema@._access_privileges(r.level) p;
 	END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION @extschema@.distribute() FROM PUBLIC;

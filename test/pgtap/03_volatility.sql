@@ -30,7 +30,10 @@ INSERT INTO marked VALUES
 	('_require_amount(bigint,text,boolean)', 'i', 's'),
 	('_stripe_ts(jsonb,text)', 'i', 's'),
 	('_stripe_require_id(text,text)', 'i', 's'),
-	('_access_privileges(text)', 'i', 's'),
+	('_access_privileges(text)', 's', 's'),
+	('_distributed()', 's', 's'),
+	('_on_workers(text)', 'v', 'u'),
+	('_access_apply(text,text,text)', 'v', 'u'),
 	-- catalog reads: the access level checks
 	('_access_held(regrole,text)', 's', 's'),
 	('_access_require(regrole,text)', 'v', 'u'),

@@ -26,6 +26,9 @@ max_connections = 120
 my ($coord, $w1, $w2) = @nodes;
 $coord->safe_psql('postgres', 'CREATE EXTENSION tiermeter');
 
+# a level given before distributing
+$coord->safe_psql('postgres', "CREATE ROLE early_reader LOGIN; SELECT tiermeter.grant_access('early_reader', 'reader')");
+
 # a config edit made before distributing reaches every worker
 $coord->safe_psql('postgres',
 	"UPDATE tiermeter.tier_quotas SET quota = 4000 WHERE tier_id = 'free' AND feature = 'conversation_seconds'");
@@ -157,6 +160,31 @@ $worker_of{$a}->restart;
 is(st("check_org_limits('$a')")->{used}, '130', 'the usage after a worker restart');
 st("record_usage('$a', 10)");
 is(st("check_org_limits('$a')")->{used}, '140', 'and after more');
+
+# an application role with the app level, through the coordinator
+q1("CREATE ROLE app_role LOGIN");
+q1("SELECT tiermeter.grant_access('app_role', 'app')");
+q1("CREATE ROLE reader_role LOGIN");
+q1("SELECT tiermeter.grant_access('reader_role', 'reader')");
+my $e = $on_w2[2];
+like($coord->safe_psql('postgres', "SELECT tiermeter.record_usage('$e', 9)", extra_params => [ '-U', 'app_role' ]),
+	qr/^\(\Q$e\E,free,conversation_seconds,t,,9,/, 'the app level records through the coordinator');
+like($coord->safe_psql('postgres', "SELECT tiermeter.consume('$e', 1)", extra_params => [ '-U', 'app_role' ]),
+	qr/^\(\Q$e\E,free,conversation_seconds,t,,10,/, 'and consumes');
+($rc, $out, $err) = $coord->psql('postgres', "SELECT tiermeter.set_org_tier('$e', 'enterprise')",
+	extra_params => [ '-U', 'app_role' ]);
+like($err, qr/permission denied/, 'but cannot change its tier');
+is($coord->safe_psql('postgres', "SELECT used FROM tiermeter.org_usage WHERE org_id = '$e' AND feature = 'conversation_seconds'",
+		extra_params => [ '-U', 'reader_role' ]), '10', 'the reader level reads the views');
+is($coord->safe_psql('postgres', "SELECT count(*) > 0 FROM tiermeter.usage_history WHERE org_id = '$e'",
+		extra_params => [ '-U', 'early_reader' ]), 't', 'so does a reader given its level before distribute()');
+q1("SELECT tiermeter.revoke_access('early_reader', 'reader')");
+($rc, $out, $err) = $coord->psql('postgres', "SELECT count(*) FROM tiermeter.usage_history WHERE org_id = '$e'",
+	extra_params => [ '-U', 'early_reader' ]);
+like($err, qr/permission denied/, 'revoke_access takes it back');
+($rc, $out, $err) = $coord->psql('postgres', "SELECT count(*) FROM tiermeter.usage_log",
+	extra_params => [ '-U', 'early_reader' ]);
+like($err, qr/permission denied/, 'the tables too');
 
 # sessions, delegated by org
 my $d = $on_w2[1];
