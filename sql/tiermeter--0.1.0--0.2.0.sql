@@ -209,6 +209,7 @@ BEGIN
 	END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._on_workers(text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._on_workers(text) IS 'Internal: runs a command on every Citus worker (each commits on its own) and fails if one fails.';
 
 -- A GRANT or REVOKE of a level's privilege, made here, and on the workers
 -- too for a function Citus does not propagate the grants of (one that is
@@ -239,7 +240,6 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION @extschema@._access_apply(text, text, text) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@._access_apply(text, text, text) IS 'Internal: runs a GRANT or REVOKE of an access level''s privilege, and on the Citus workers too for a function whose grants Citus does not propagate.';
-COMMENT ON FUNCTION @extschema@._on_workers(text) IS 'Internal: runs a command on every Citus worker (each commits on its own) and fails if one fails.';
 
 CREATE FUNCTION @extschema@._access_privileges(level text)
 RETURNS TABLE (privilege text, kind text, object text)
