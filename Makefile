@@ -95,6 +95,7 @@ bench: setup
 	@$(MAKE) --no-print-directory all install >/dev/null
 	@$(MAKE) --no-print-directory -C bench install >/dev/null
 	@bench/run.sh
+	@bench/citus.sh
 
 # the current version's install script (DATA_built), after PGXS so that
 # `make` alone still means `make all`
