@@ -16,7 +16,7 @@
  * The placement map (the hash ranges of orgs' shards, and whether each is
  * placed here) is read once per backend, and again after a relcache
  * invalidation of orgs, which Citus sends whenever it adds or removes a
- * placement of one of its shards.  A backend that finds the set of shards
+ * placement of one of its shards.  A backend that finds the placements
  * held here changed (the first distribution, a shard moved in or out)
  * drops every entry of the database and makes every backend read the
  * configuration again: entries built before from other rows (the node's
@@ -40,6 +40,7 @@ typedef struct TmShardRange
 	int32		min;
 	int32		max;
 	bool		local;
+	int64		shard;			/* the local shard table's oid, or 0 */
 } TmShardRange;
 
 static bool tm_citus_valid = false;
@@ -56,7 +57,12 @@ tm_citus_relcache(Datum arg, Oid relid)
 		tm_citus_valid = false;
 }
 
-/* A signature of what this node holds: 0 when nothing is distributed. */
+/*
+ * A signature of what this node holds: 0 when nothing is distributed.  It
+ * is made of the local shard tables' oids: a shard that moves away and
+ * back comes back as a new table (Citus keeps the placement's id, and a
+ * backend here need not have looked while it was gone), and changes it.
+ */
 static uint64
 tm_citus_signature(void)
 {
@@ -68,7 +74,7 @@ tm_citus_signature(void)
 	sig = 1;
 	for (i = 0; i < tm_citus_nranges; i++)
 		if (tm_citus_ranges[i].local)
-			sig = hash_combine64(sig, (uint64) (uint32) tm_citus_ranges[i].min + 1);
+			sig = hash_combine64(sig, (uint64) tm_citus_ranges[i].shard);
 	return sig == 0 ? 1 : sig;
 }
 
@@ -86,8 +92,13 @@ tm_citus_read_placements(void)
 	args[0] = ObjectIdGetDatum(tm_citus_orgs);
 	ret = SPI_execute_with_args(
 		"SELECT s.shardminvalue::pg_catalog.int4, s.shardmaxvalue::pg_catalog.int4,"
-		" pg_catalog.bool_or(p.groupid = g.groupid)"
+		" pg_catalog.bool_or(p.groupid = g.groupid),"
+		" COALESCE(pg_catalog.max(pg_catalog.to_regclass(pg_catalog.format('%I.%I', n.nspname,"
+		"   c.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.shardid))::pg_catalog.oid::pg_catalog.int8)"
+		"   FILTER (WHERE p.groupid = g.groupid), 0)"
 		" FROM pg_catalog.pg_dist_partition d"
+		" JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid"
+		" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
 		" JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid = d.logicalrelid"
 		" JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid,"
 		" pg_catalog.pg_dist_local_group g"
@@ -111,6 +122,7 @@ tm_citus_read_placements(void)
 			r[i].min = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 			r[i].max = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 			r[i].local = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)) && !isnull;
+			r[i].shard = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
 		}
 		if (tm_citus_ranges != NULL)
 			pfree(tm_citus_ranges);

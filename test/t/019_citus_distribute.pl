@@ -228,6 +228,26 @@ is(q1("SELECT status || ' ' || return_message FROM cron.job_run_details WHERE jo
 	'succeeded SELECT 1', 'rollover from pg_cron on the coordinator succeeded');
 is(q1("SELECT period_end > now() FROM tiermeter.orgs WHERE org_id = '$c'"), 't', 'and moved the org');
 
+# a shard moves to the other worker and back: the worker it left, then
+# came back to, never answers from what it cached before
+my $f = $on_w1[3];
+st("record_usage('$f', 100)");
+is(st("check_org_limits('$f')")->{used}, '100', 'an org cached on the first worker');
+my $sid = q1("SELECT get_shard_id_for_distribution_column('tiermeter.orgs', '$f')");
+my $move = sub {
+	my ($from, $to) = @_;
+	q1(sprintf("SELECT citus_move_shard_placement(%d, '%s', %d, '%s', %d, shard_transfer_mode => 'block_writes')",
+		$sid, $from->host, $from->port, $to->host, $to->port));
+};
+$move->($w1, $w2);
+st("record_usage('$f', 10)");
+is(st("check_org_limits('$f')")->{used}, '110', 'its shard moved to the second worker: the usage, and more');
+$move->($w2, $w1);
+is(st("check_org_limits('$f')")->{used}, '110', 'moved back: the first worker does not answer from its old entry');
+st("record_usage('$f', 1)");
+is(st("check_org_limits('$f')")->{used} . ' ' . q1("SELECT sum(amount) FROM tiermeter.usage_log WHERE org_id = '$f'"),
+	'111 111', 'and counts what comes next, as the ledger does');
+
 is($w1->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts')
 	  . $w2->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'),
 	'00', 'no transaction is left prepared');

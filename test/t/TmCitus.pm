@@ -36,7 +36,11 @@ sub start_cluster
 	{
 		my $node = PostgreSQL::Test::Cluster->new($name);
 		$node->init;
-		$node->append_conf('postgresql.conf', "shared_preload_libraries = 'citus,tiermeter'\n" . $conf);
+		# citus.local_hostname: Citus connects to its own node too (a shard
+		# move does), through the socket directory like everyone else here
+		$node->append_conf('postgresql.conf',
+			"shared_preload_libraries = 'citus,tiermeter'\n"
+			  . "citus.local_hostname = '" . $node->host . "'\n" . $conf);
 		$node->start;
 		$node->safe_psql('postgres', 'CREATE EXTENSION citus');
 		push @nodes, $node;
