@@ -66,12 +66,11 @@ tm_citus_relcache(Datum arg, Oid relid)
 static uint64
 tm_citus_signature(void)
 {
-	uint64		sig = 0;
+	uint64		sig = 1;
 	int			i;
 
 	if (!tm_citus_distributed)
 		return 0;
-	sig = 1;
 	for (i = 0; i < tm_citus_nranges; i++)
 		if (tm_citus_ranges[i].local)
 			sig = hash_combine64(sig, (uint64) tm_citus_ranges[i].shard);
