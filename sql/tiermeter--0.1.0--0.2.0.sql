@@ -2124,7 +2124,12 @@ DECLARE
 		'touch_session(text,text)',
 		'end_session(text,text)',
 		'check_session_limits(text,text)',
-		'usage_stats(text)'];
+		'usage_stats(text)',
+		-- admin functions; set_org_tier is not delegated: its tier_changed
+		-- events stay where apply_subscription_event writes them (the
+		-- coordinator), which usage_history reads
+		'set_org_quota(text,text,bigint)',
+		'grant_usage(text,bigint,text,text)'];
 	-- the seed-tracking triggers, and the foreign keys dropped and added back
 	drops		text[] := ARRAY[
 		'DROP TRIGGER IF EXISTS tiers_deleted_default ON @extschema@.tiers',

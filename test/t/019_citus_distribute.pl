@@ -35,7 +35,7 @@ $coord->safe_psql('postgres',
 
 my $placed = q{SELECT placement, count(*) FROM tiermeter.distribute() GROUP BY 1 ORDER BY 1};
 my $expected = join("\n",
-	'delegated by org_id|8',
+	'delegated by org_id|10',
 	'distributed by org_id, co-located with tiermeter.orgs|6',
 	'local to each node|4',
 	'reference table (a copy on every node)|5');
