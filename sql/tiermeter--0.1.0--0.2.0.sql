@@ -2186,14 +2186,16 @@ BEGIN
 		-- the workers' own tiermeter tables become hidden behind the
 		-- distributed ones: refuse rows that would be lost there
 		FOR r IN SELECT * FROM pg_catalog.run_command_on_workers(
-				'SELECT (SELECT count(*) FROM @extschema@.orgs) + (SELECT count(*) FROM @extschema@.usage_log)') LOOP
+				'SELECT (SELECT count(*) FROM @extschema@.orgs) + (SELECT count(*) FROM @extschema@.usage_log)'
+				' + (SELECT count(*) FROM @extschema@.usage_grants) + (SELECT count(*) FROM @extschema@.org_quotas)'
+				' + (SELECT count(*) FROM @extschema@.sessions) + (SELECT count(*) FROM @extschema@._session_slots)') LOOP
 			IF NOT r.success THEN
 				RAISE EXCEPTION 'tiermeter: worker %:% cannot be read: %', r.nodename, r.nodeport, r.result
 					USING ERRCODE = 'object_not_in_prerequisite_state';
 			ELSIF r.result <> '0' THEN
 				RAISE EXCEPTION 'tiermeter: worker %:% holds tiermeter rows of its own', r.nodename, r.nodeport
 					USING ERRCODE = 'object_not_in_prerequisite_state',
-						  DETAIL = pg_catalog.format('Its tiermeter.orgs and tiermeter.usage_log hold %s rows, which distributed tables would hide.', r.result),
+						  DETAIL = pg_catalog.format('Its tables keyed by org (orgs, usage_log, usage_grants, org_quotas, sessions) hold %s rows, which distributed tables would hide.', r.result),
 						  HINT = 'Copy them to the coordinator''s tables (or delete them) on that worker first.';
 			END IF;
 		END LOOP;

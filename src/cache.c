@@ -118,7 +118,7 @@ tm_shmem_startup(void)
 		pg_atomic_init_u32(&tm_shared->unregistered, 0);
 		pg_atomic_init_u64(&tm_shared->change_seq, 1);
 		pg_atomic_init_u64(&tm_shared->config_gen, 1);
-		pg_atomic_init_u64(&tm_shared->citus_sig, 0);
+		SpinLockInit(&tm_shared->citus_mutex);
 		pg_atomic_init_u32(&tm_shared->config_inflight, 0);
 		SpinLockInit(&tm_shared->ring_mutex);
 		tm_shared->nring = tm_ring_size();

@@ -100,6 +100,9 @@ typedef struct TmEntry
  */
 #define TM_MAX_FEATURES	256
 
+/* databases of one server whose distributed placements citus.c tracks */
+#define TM_CITUS_DBS	16
+
 /* The cache's statistics (cache_stats()), one set per backend slot. */
 typedef enum TmStat
 {
@@ -153,8 +156,10 @@ typedef struct TmShared
 	int32		nprepared_slots;
 	int32		nprepared_hw;	/* slots in use are all below this (registry lock) */
 
-	/* the shards placed here, on a Citus node (citus.c) */
-	pg_atomic_uint64 citus_sig;
+	/* the shards placed here, per database, on a Citus node (citus.c) */
+	slock_t		citus_mutex;
+	Oid			citus_db[TM_CITUS_DBS];
+	uint64		citus_sig[TM_CITUS_DBS];
 
 	/* statistics: what cache_stats_reset() subtracts, and when */
 	slock_t		stats_mutex;

@@ -8,8 +8,8 @@
  * this node: every write to those rows, from whatever node it came, fires
  * this node's triggers and commits here, so the entries stay right.  Any
  * other org is answered from the tables, which Citus routes to the node
- * that holds them.  consume rests on this node's
- * locks for its exactness, so it refuses an org held elsewhere: Citus
+ * that holds them.  consume (and a negative gauge delta) rests on this
+ * node's locks for its exactness, so it refuses an org held elsewhere: Citus
  * delegates it to the right node when it is called as a statement of its
  * own outside a transaction block.
  *
@@ -33,6 +33,7 @@
 #include "miscadmin.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "storage/spin.h"
 #include "utils/memutils.h"
 
 typedef struct TmShardRange
@@ -77,6 +78,44 @@ tm_citus_signature(void)
 	return sig == 0 ? 1 : sig;
 }
 
+/*
+ * Stores this database's signature in shared memory; true if it changed
+ * (or no slot was free, when more databases than TM_CITUS_DBS hold a
+ * distributed tiermeter: then every load drops the entries, which costs
+ * rebuilds only).
+ */
+static bool
+tm_citus_swap_signature(uint64 sig)
+{
+	int			i;
+	int			free_slot = -1;
+	bool		changed = true;
+
+	SpinLockAcquire(&tm_shared->citus_mutex);
+	for (i = 0; i < TM_CITUS_DBS; i++)
+	{
+		if (tm_shared->citus_db[i] == MyDatabaseId)
+			break;
+		if (free_slot < 0 && !OidIsValid(tm_shared->citus_db[i]))
+			free_slot = i;
+	}
+	if (i == TM_CITUS_DBS && sig != 0 && free_slot >= 0)
+	{
+		i = free_slot;
+		tm_shared->citus_db[i] = MyDatabaseId;
+		tm_shared->citus_sig[i] = 0;
+	}
+	if (i < TM_CITUS_DBS)
+	{
+		changed = tm_shared->citus_sig[i] != sig;
+		tm_shared->citus_sig[i] = sig;
+	}
+	else
+		changed = sig != 0;		/* nothing distributed, nothing recorded */
+	SpinLockRelease(&tm_shared->citus_mutex);
+	return changed;
+}
+
 /* Inside a transaction: orgs' hash ranges and where they are placed. */
 static void
 tm_citus_read_placements(void)
@@ -89,19 +128,21 @@ tm_citus_read_placements(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "tiermeter: SPI_connect failed");
 	args[0] = ObjectIdGetDatum(tm_citus_orgs);
+	/* every operator qualified: this may run as the schema's owner */
 	ret = SPI_execute_with_args(
 		"SELECT s.shardminvalue::pg_catalog.int4, s.shardmaxvalue::pg_catalog.int4,"
-		" pg_catalog.bool_or(p.groupid = g.groupid),"
+		" pg_catalog.bool_or(p.groupid OPERATOR(pg_catalog.=) g.groupid),"
 		" COALESCE(pg_catalog.max(pg_catalog.to_regclass(pg_catalog.format('%I.%I', n.nspname,"
 		"   c.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.shardid))::pg_catalog.oid::pg_catalog.int8)"
-		"   FILTER (WHERE p.groupid = g.groupid), 0)"
+		"   FILTER (WHERE p.groupid OPERATOR(pg_catalog.=) g.groupid), 0)"
 		" FROM pg_catalog.pg_dist_partition d"
-		" JOIN pg_catalog.pg_class c ON c.oid = d.logicalrelid"
-		" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-		" JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid = d.logicalrelid"
-		" JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid,"
+		" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.logicalrelid"
+		" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+		" JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid OPERATOR(pg_catalog.=) d.logicalrelid"
+		" JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid,"
 		" pg_catalog.pg_dist_local_group g"
-		" WHERE d.logicalrelid = $1 AND d.partmethod = 'h'"
+		" WHERE d.logicalrelid OPERATOR(pg_catalog.=) $1"
+		"   AND d.partmethod OPERATOR(pg_catalog.=) 'h'::\"char\""
 		" GROUP BY 1, 2 ORDER BY 1",
 		1, argtypes, args, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
@@ -162,14 +203,9 @@ tm_citus_load(void)
 		PG_END_TRY();
 	}
 
-	/*
-	 * The first backend to see a new placement drops what was built before.
-	 * (Databases of one server distributed differently share the signature:
-	 * each load that flips it drops entries again, which costs rebuilds only.)
-	 */
+	/* the first backend to see a new placement drops what was built before */
 	sig = tm_citus_signature();
-	if (tm_shared != NULL &&
-		pg_atomic_exchange_u64(&tm_shared->citus_sig, sig) != sig)
+	if (tm_shared != NULL && tm_citus_swap_signature(sig))
 	{
 		pg_atomic_fetch_add_u64(&tm_shared->config_gen, 1);
 		tm_inval_now(MyDatabaseId, true, NULL, 0);
@@ -192,6 +228,19 @@ tm_org_elsewhere(const char *org_id)
 	if (!tm_citus_distributed)
 		return false;
 
+	/*
+	 * A call answered from the cache takes no lock that would make this
+	 * backend read invalidations: inside a transaction block it would keep
+	 * a map from before a shard moved away.  (Cheap when there are none.)
+	 */
+	AcceptInvalidationMessages();
+	if (!tm_citus_valid)
+	{
+		tm_citus_load();
+		if (!tm_citus_distributed)
+			return false;
+	}
+
 	/* Citus hashes text with hashtext(), which is hash_any() of the bytes */
 	h = DatumGetUInt32(hash_any((const unsigned char *) org_id, strlen(org_id)));
 	lo = 0;
@@ -212,18 +261,20 @@ tm_org_elsewhere(const char *org_id)
 }
 
 /*
- * consume serializes an org's callers with this node's locks and
- * reservations: on a node that does not hold the org it would not see the
- * callers on the node that does.
+ * consume, and a negative gauge delta (which must not take the level below
+ * zero), serialize an org's callers with this node's locks and
+ * reservations: on a node that does not hold the org they would not see the
+ * callers on the node that does.  what names the call in the message, func
+ * the function in the hint.
  */
 void
-tm_require_org_here(const char *org_id, const char *func)
+tm_require_org_here(const char *org_id, const char *func, const char *what)
 {
 	if (tm_org_elsewhere(org_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tiermeter: %s for org \"%s\" must run on the node that holds the org",
-						func, org_id),
+						what, org_id),
 				 errdetail("tiermeter's tables are distributed with Citus, and this node does not hold that org's shard."),
 				 errhint("Call it as a statement of its own, outside a transaction block (SELECT tiermeter.%s(...)): Citus then runs it on that node.",
 						 func)));

@@ -257,7 +257,7 @@ extern void tm_cache_prepared_resolve(void);
 
 /* citus.c: an org's rows on another node of a Citus cluster */
 extern bool tm_org_elsewhere(const char *org_id);
-extern void tm_require_org_here(const char *org_id, const char *func);
+extern void tm_require_org_here(const char *org_id, const char *func, const char *what);
 
 /* twophase.c: PREPARE TRANSACTION, COMMIT and ROLLBACK PREPARED */
 extern void tm_twophase_init(void);

@@ -218,7 +218,10 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
 static void
 tm_check_gauge_floor(TmCall *c)
 {
-	TmSums		s = tm_sums(&c->of, tm_lock_org_feature(&c->of), false);
+	TmSums		s;
+
+	tm_require_org_here(c->org_id, "record_usage", "a negative gauge delta");
+	s = tm_sums(&c->of, tm_lock_org_feature(&c->of), false);
 
 	if (s.used + c->amount < 0)
 		ereport(ERROR,
@@ -401,7 +404,7 @@ tiermeter_consume(PG_FUNCTION_ARGS)
 	bool		created;
 
 	tm_call_args(&c, fcinfo);
-	tm_require_org_here(c.org_id, "consume");
+	tm_require_org_here(c.org_id, "consume", "consume");
 
 	tm_spi_begin(&save);
 	tm_call_load(&c);

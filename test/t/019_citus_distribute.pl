@@ -133,6 +133,14 @@ is("$s->{allowed} $s->{reason} $s->{used}", 'f limit_exceeded 500', 'one more is
 like($err, qr/consume for org "\Q$c\E" must run on the node that holds the org/,
 	'consume in a transaction block on the coordinator is refused, with a hint');
 
+# a negative gauge delta is refused where the org is not held (its floor
+# check, like consume, rests on the org's node's locks); delegated, it runs
+st("record_usage('$c', 1, 'users')");
+($rc, $out, $err) = $coord->psql('postgres', "BEGIN; SELECT tiermeter.record_usage('$c', -1, 'users'); COMMIT;");
+like($err, qr/a negative gauge delta for org "\Q$c\E" must run on the node that holds the org/,
+	'a negative gauge delta in a transaction block on the coordinator is refused');
+is(st("record_usage('$c', -1, 'users')")->{used}, '0', 'delegated, it is recorded');
+
 # config edits on the coordinator are seen on every worker on the next call
 q1("UPDATE tiermeter.tier_quotas SET quota = 5000 WHERE tier_id = 'free' AND feature = 'conversation_seconds'");
 is(st("check_org_limits('$a')")->{quota} . ' ' . st("check_org_limits('$b')")->{quota},
@@ -185,6 +193,30 @@ like($err, qr/permission denied/, 'revoke_access takes it back');
 ($rc, $out, $err) = $coord->psql('postgres', "SELECT count(*) FROM tiermeter.usage_log",
 	extra_params => [ '-U', 'early_reader' ]);
 like($err, qr/permission denied/, 'the tables too');
+
+# the placement map is read as the schema's owner inside record_usage: the
+# caller's search_path must not choose its operators
+my $g = $on_w1[5];
+# (on the worker alone: Citus would propagate the schema from the coordinator)
+$w1->safe_psql('postgres', q{
+	SET citus.enable_ddl_propagation = off;
+	CREATE SCHEMA evil AUTHORIZATION app_role;
+	CREATE TABLE evil.seen (who text);
+	GRANT INSERT ON evil.seen TO PUBLIC;
+});
+$w1->safe_psql('postgres', q{
+	SET citus.enable_ddl_propagation = off;
+	CREATE FUNCTION evil.eq(int4, int4) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO evil.seen VALUES (current_user);
+		RETURN $1 OPERATOR(pg_catalog.=) $2;
+	END $$;
+	CREATE OPERATOR evil.= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = evil.eq);
+}, extra_params => [ '-U', 'app_role' ]);
+$w1->safe_psql('postgres', "SET search_path = evil, pg_catalog; SELECT tiermeter.record_usage('$g', 1)",
+	extra_params => [ '-U', 'app_role' ]);
+is($w1->safe_psql('postgres', 'SELECT count(*) FROM evil.seen'), '0',
+	"a caller's operator is never run as the extension's owner");
 
 # sessions, delegated by org
 my $d = $on_w2[1];
