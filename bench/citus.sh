@@ -68,10 +68,10 @@ for i in $(seq 1 "$ORGS"); do echo "SELECT tiermeter.record_usage('org-$i', 1);"
 	psql -X -q -o /dev/null -v ON_ERROR_STOP=1 "${coord[@]}"
 echo "tiermeter bench on Citus: $ORGS orgs, 1 coordinator + $WORKERS workers on this machine, ${SECS}s per run, pgbench -M prepared -j $JOBS, through the coordinator" >&2
 
-declare -A TPS P99
 work="$dir/scripts"
 mkdir -p "$work"
-script() { local name=$1; shift; printf '%s\n' "$@" > "$work/$name.sql"; }
+PGBENCH_TARGET=(-h "$dir" -p "$BASE" -U postgres postgres)
+. bench/pgbench.sh
 script lookup '\set o random(1, '"$ORGS"')' "SELECT org_id FROM tiermeter.orgs WHERE org_id = 'org-' || :o;"
 script check  '\set o random(1, '"$ORGS"')' "SELECT tiermeter.check_org_limits('org-' || :o);"
 script ledger '\set o random(1, '"$ORGS"')' "INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at) VALUES ('org-' || :o, 'reports', 0, now());"
@@ -80,20 +80,6 @@ script consume_hot "SELECT tiermeter.consume('org-1', 1, 'conversation_seconds')
 script ledger_hot  "INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at) VALUES ('org-1', 'reports', 0, now());"
 psql -X -q "${coord[@]}" -c "UPDATE tiermeter.tier_quotas SET quota = NULL WHERE tier_id = 'free' AND feature = 'conversation_seconds'"
 
-run() {	# name clients
-	local name=$1 clients=$2 out
-	rm -f "$work"/log.*
-	out=$(cd "$work" && pgbench -n -M prepared -T "$SECS" -c "$clients" -j $JOBS -f "$work/$name.sql" \
-		-l --log-prefix="$work/log" -h "$dir" -p "$BASE" -U postgres postgres 2>&1) || { echo "$out" >&2; exit 1; }
-	TPS[$name]=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
-	P99[$name]=$(cat "$work"/log.* | awk '{print $3}' | sort -n |
-		awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", a[i]/1000}')
-	printf '  ran %-14s %3d clients: %10.0f tps\n' "$name" "$clients" "${TPS[$name]}" >&2
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-line() {
-	printf '%-46s %9.0f %7s %9.0f %7s %6s\n' "$1" "${TPS[$2]}" "${P99[$2]}" "${TPS[$3]}" "${P99[$3]}" "$(ratio "${TPS[$2]}" "${TPS[$3]}")"
-}
 # the workers' cache statistics, summed
 hits() {
 	local sum=0 n h
@@ -114,10 +100,10 @@ run ledger_hot 32
 run consume_hot 32
 
 echo
-printf '%-46s %9s %7s %9s %7s %6s\n' 'scenario (through the coordinator)' tps 'p99 ms' 'ref tps' 'ref p99' ratio
-line 'check_org_limits, 8 clients (vs routed lookup)' check lookup
-line 'record_usage, 8 clients (vs routed INSERT)'      record ledger
-line 'consume, ONE org, 32 clients (vs routed INSERT)' consume_hot ledger_hot
+header 'scenario (through the coordinator)'
+line 'check_org_limits, 8 clients (vs routed lookup)' check lookup '(reported)'
+line 'record_usage, 8 clients (vs routed INSERT)'      record ledger '(reported)'
+line 'consume, ONE org, 32 clients (vs routed INSERT)' consume_hot ledger_hot '(reported)'
 printf '%-46s %9s\n' "workers' cache hits during the check run" "$((h1 - h0))"
 printf '%-46s %9s\n' "coordinator's cache entries" \
 	"$(psql -X -A -t "${coord[@]}" -c 'SELECT entries FROM tiermeter.cache_stats()')"
