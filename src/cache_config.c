@@ -242,6 +242,56 @@ tm_cfg_quota(const char *tier_id, const char *feature)
 }
 
 /*
+ * What tm_scan_org_sums reads, by the query TM_PLAN_ORG_SUMS: when the
+ * indexes cannot be read directly (the tables distributed with Citus, or
+ * not as the install script made them).
+ */
+static void
+tm_query_org_sums(const char *org_id, const char *feature, bool is_gauge,
+				  TimestampTz now, Snapshot snapshot, TmScanOrg *r)
+{
+	Datum		values[5];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(org_id);
+	values[1] = CStringGetTextDatum(feature);
+	values[2] = TimestampTzGetDatum(now);
+	values[3] = BoolGetDatum(is_gauge);
+	values[4] = TimestampTzGetDatum(tm_month_start_utc(now));
+	if (SPI_execute_snapshot(tm_plan(TM_PLAN_ORG_SUMS), values, NULL, snapshot,
+							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "tiermeter: org lookup failed");
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	r->org_exists = !heap_attisnull(tup, 1, desc);
+	r->tier_id = r->org_exists ? TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)) : NULL;
+	r->period.start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+	r->period.end = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+	if (r->org_exists)
+	{
+		r->anchor = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		r->stored.start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		r->stored.end = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+	}
+	else
+	{
+		r->anchor = tm_month_start_utc(now);
+		r->stored = r->period;
+	}
+	r->has_override = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	(void) SPI_getbinval(tup, desc, 8, &isnull);
+	r->override_unlimited = r->has_override && isnull;
+	r->override_quota = r->has_override && !isnull ?
+		DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull)) : 0;
+	r->used = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+	r->granted = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+}
+
+/*
  * What tm_lookup and tm_sums answer for a build, from the copy of the
  * config tables and one query for the org's rows and sums, under snapshot
  * (taken after gen was read).  False if the copy cannot answer (a config
@@ -254,11 +304,7 @@ tm_lookup_sums_cached(TmOrgFeature *of, TmSums *sums, const char *org_id,
 					  MemoryContext cxt)
 {
 	int			f;
-	Datum		values[5];
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	bool		has_override;
+	TmScanOrg	r;
 	char	   *tier_id;
 	const TmCfgTier *tier;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
@@ -272,49 +318,28 @@ tm_lookup_sums_cached(TmOrgFeature *of, TmSums *sums, const char *org_id,
 	if (f < 0)
 		return false;
 
-	values[0] = CStringGetTextDatum(org_id);
-	values[1] = CStringGetTextDatum(feature);
-	values[2] = TimestampTzGetDatum(now);
-	values[3] = BoolGetDatum(cfg.is_gauge[f]);
-	values[4] = TimestampTzGetDatum(tm_month_start_utc(now));
-	if (SPI_execute_snapshot(tm_plan(TM_PLAN_ORG_SUMS), values, NULL, snapshot,
-							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "tiermeter: org lookup failed");
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
+	if (!tm_scan_org_sums(org_id, feature, cfg.is_gauge[f], now,
+						  tm_month_start_utc(now), snapshot, &r))
+		tm_query_org_sums(org_id, feature, cfg.is_gauge[f], now, snapshot, &r);
 
-	of->org_exists = !heap_attisnull(tup, 1, desc);
-	tier_id = of->org_exists ? TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)) :
-		(char *) cfg.default_tier;
+	tier_id = r.org_exists ? r.tier_id : (char *) cfg.default_tier;
 	if (tier_id == NULL || (tier = tm_cfg_tier(tier_id)) == NULL)
 		return false;
 	of->org_id = MemoryContextStrdup(cxt, org_id);
 	of->feature = MemoryContextStrdup(cxt, feature);
 	of->tier_id = MemoryContextStrdup(cxt, tier_id);
+	of->org_exists = r.org_exists;
 	of->is_gauge = cfg.is_gauge[f];
-	of->period.start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
-	of->period.end = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
-	if (of->org_exists)
-	{
-		of->anchor = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
-		of->stored.start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-		of->stored.end = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
-	}
-	else
-	{
-		/* a new org: anchored at the first of this calendar month, UTC */
-		of->anchor = tm_month_start_utc(now);
-		of->stored = of->period;
-	}
+	of->period = r.period;
+	of->anchor = r.anchor;
+	/* a new org: anchored at the first of this calendar month, UTC */
+	of->stored = r.org_exists ? r.stored : r.period;
 
 	/* the org's override, else the tier's quota (none: not included) */
-	has_override = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-	if (has_override)
+	if (r.has_override)
 	{
-		(void) SPI_getbinval(tup, desc, 8, &isnull);
-		of->unlimited = isnull;
-		of->base_quota = isnull ? 0 : DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
+		of->unlimited = r.override_unlimited;
+		of->base_quota = r.override_quota;
 	}
 	else
 	{
@@ -332,8 +357,8 @@ tm_lookup_sums_cached(TmOrgFeature *of, TmSums *sums, const char *org_id,
 	of->max_session_seconds = tier->max_session_seconds;
 	of->max_active_sessions = tier->max_active_sessions;
 
-	sums->used = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
-	sums->granted = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+	sums->used = r.used;
+	sums->granted = r.granted;
 	sums->reserved = 0;
 	return true;
 }

@@ -260,6 +260,15 @@ tm_org_elsewhere(const char *org_id)
 	return true;				/* no shard: not here */
 }
 
+/* Has distribute() spread tiermeter's tables (this node's are shells)? */
+bool
+tm_tables_distributed(void)
+{
+	if (!tm_citus_valid)
+		tm_citus_load();
+	return tm_citus_distributed;
+}
+
 /*
  * consume, and a negative gauge delta (which must not take the level below
  * zero), serialize an org's callers with this node's locks and

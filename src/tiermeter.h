@@ -257,7 +257,27 @@ extern void tm_cache_prepared_resolve(void);
 
 /* citus.c: an org's rows on another node of a Citus cluster */
 extern bool tm_org_elsewhere(const char *org_id);
+extern bool tm_tables_distributed(void);
 extern void tm_require_org_here(const char *org_id, const char *func, const char *what);
+
+/* scan.c: an org's rows read from the indexes, for builds */
+typedef struct TmScanOrg
+{
+	bool		org_exists;
+	char	   *tier_id;		/* the org's, when it exists */
+	TimestampTz anchor;			/* the org's, else the month_start given */
+	TmPeriod	stored;			/* the org's stored period, when it exists */
+	TmPeriod	period;			/* the period containing now */
+	bool		has_override;
+	bool		override_unlimited;
+	int64		override_quota;
+	int64		used;
+	int64		granted;
+} TmScanOrg;
+
+extern bool tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
+							 TimestampTz now, TimestampTz month_start,
+							 Snapshot snapshot, TmScanOrg *r);
 
 /* twophase.c: PREPARE TRANSACTION, COMMIT and ROLLBACK PREPARED */
 extern void tm_twophase_init(void);

@@ -1,0 +1,82 @@
+-- Builds: with the library preloaded, a key the cache does not hold is read
+-- from the tables' indexes directly (the org, its override, the sums of its
+-- usage and grants in the period).  Each answer below is compared with a sum
+-- over the tables written out in SQL; on the table path (no preload) the
+-- same comparisons hold.  A direct write to a table invalidates the key, so
+-- each check after one is a new build.
+SET timezone = 'UTC';
+
+CREATE FUNCTION pg_temp.ledger(o text, f text, ps timestamptz, pe timestamptz)
+RETURNS bigint LANGUAGE sql AS $$
+	SELECT COALESCE(sum(amount), 0)::bigint FROM tiermeter.usage_log
+	 WHERE org_id = o AND feature = f AND occurred_at >= ps AND occurred_at < pe
+$$;
+
+-- an org anchored mid-month: its period is not the calendar month; rows at
+-- its start (counted), just before it, and at its end (not counted)
+INSERT INTO tiermeter.orgs (org_id, tier_id, billing_anchor, period_start, period_end)
+SELECT 'b-1', 'basic', p.ps - interval '2 months', p.ps, p.pe
+  FROM (SELECT now() - interval '3 days' AS ps, now() + interval '20 days' AS pe) p;
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+SELECT 'b-1', 'conversation_seconds', a, t
+  FROM tiermeter.orgs o, LATERAL (VALUES (100, o.period_start), (1000, o.period_start - interval '1 microsecond'),
+                                         (10000, o.period_end), (7, now())) v(a, t)
+ WHERE o.org_id = 'b-1';
+SELECT used, quota, used = pg_temp.ledger('b-1', 'conversation_seconds', period_start, period_end) AS equals_ledger
+  FROM tiermeter.check_org_limits('b-1');
+
+-- a grant this period counts, one dated in the last period does not
+INSERT INTO tiermeter.usage_grants (org_id, feature, amount, granted_at)
+SELECT 'b-1', 'conversation_seconds', g, t
+  FROM tiermeter.orgs o, LATERAL (VALUES (500, now()), (50000, o.period_start - interval '1 day')) v(g, t)
+ WHERE o.org_id = 'b-1';
+SELECT used, quota FROM tiermeter.check_org_limits('b-1');
+
+-- an override of the tier's quota, then an unlimited one
+INSERT INTO tiermeter.org_quotas VALUES ('b-1', 'conversation_seconds', 40);
+SELECT used, quota, allowed FROM tiermeter.check_org_limits('b-1');
+UPDATE tiermeter.org_quotas SET quota = NULL WHERE org_id = 'b-1';
+SELECT used, quota, unlimited FROM tiermeter.check_org_limits('b-1');
+
+-- a gauge sums every row, whatever its date
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+VALUES ('b-1', 'documents', 3, now() - interval '2 years'), ('b-1', 'documents', -1, now()),
+       ('b-1', 'documents', 1, now() - interval '40 days');
+SELECT used FROM tiermeter.check_org_limits('b-1', 'documents');
+
+-- ledger rows of an org that has no orgs row yet (written by a backfill):
+-- answered on the default tier, its rows of this calendar month counted
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+VALUES ('b-none', 'conversation_seconds', 11, now()),
+       ('b-none', 'conversation_seconds', 22, date_trunc('month', now()) - interval '1 second');
+SELECT tier, used, period_start = date_trunc('month', now()) AS calendar_month
+  FROM tiermeter.check_org_limits('b-none');
+
+-- rows deleted and rows of pages not yet all-visible are read through the
+-- heap; after VACUUM the sum comes from the index alone: the same answers
+DELETE FROM tiermeter.usage_log WHERE org_id = 'b-1' AND amount = 7;
+SELECT used FROM tiermeter.check_org_limits('b-1');
+VACUUM tiermeter.usage_log;
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at) VALUES ('b-1', 'conversation_seconds', 2, now());
+DELETE FROM tiermeter.usage_log WHERE org_id = 'b-1' AND amount = 2;
+SELECT used, used = pg_temp.ledger('b-1', 'conversation_seconds', period_start, period_end) AS equals_ledger
+  FROM tiermeter.check_org_limits('b-1');
+
+-- sums past bigint are clamped, as before
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+SELECT 'b-big', 'conversation_seconds', 5000000000000000000, now() FROM generate_series(1, 3);
+SELECT used FROM tiermeter.check_org_limits('b-big');
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+SELECT 'b-big', 'users', -5000000000000000000, now() FROM generate_series(1, 3);
+SELECT used FROM tiermeter.check_org_limits('b-big', 'users');
+
+-- this transaction's own rows are in its answers, not in the entry others read
+BEGIN;
+SELECT used FROM tiermeter.record_usage('b-1', 5);
+SELECT used FROM tiermeter.check_org_limits('b-1');
+ROLLBACK;
+SELECT used FROM tiermeter.check_org_limits('b-1');
+
+-- with the library preloaded the sums above were builds (an override or a
+-- grant changed the entry's config only: read again without a sum)
+SELECT capacity = 0 OR (builds >= 5 AND refreshes >= 3) AS built FROM tiermeter.cache_stats();
