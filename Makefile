@@ -14,6 +14,7 @@ OBJS = \
 	src/period.o \
 	src/catalog.o \
 	src/scan.o \
+	src/memo.o \
 	src/status.o \
 	src/limits.o \
 	src/usage.o \
@@ -42,11 +43,11 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache builds stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints config_refresh sessions thresholds views nulls cache_stats access twophase distribute
+REGRESS = install catalog periods check record consume admin errors format cache builds stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints long_transactions config_refresh sessions thresholds views nulls cache_stats access twophase distribute
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end session_touch_wait threshold_race twophase_consume
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end session_touch_wait threshold_race twophase_consume long_transaction_commits
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

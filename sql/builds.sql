@@ -15,68 +15,73 @@ $$;
 -- an org anchored mid-month: its period is not the calendar month; rows at
 -- its start (counted), just before it, and at its end (not counted)
 INSERT INTO tiermeter.orgs (org_id, tier_id, billing_anchor, period_start, period_end)
-SELECT 'b-1', 'basic', p.ps - interval '2 months', p.ps, p.pe
+SELECT 'bld-1', 'basic', p.ps - interval '2 months', p.ps, p.pe
   FROM (SELECT now() - interval '3 days' AS ps, now() + interval '20 days' AS pe) p;
 INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
-SELECT 'b-1', 'conversation_seconds', a, t
+SELECT 'bld-1', 'conversation_seconds', a, t
   FROM tiermeter.orgs o, LATERAL (VALUES (100, o.period_start), (1000, o.period_start - interval '1 microsecond'),
                                          (10000, o.period_end), (7, now())) v(a, t)
- WHERE o.org_id = 'b-1';
-SELECT used, quota, used = pg_temp.ledger('b-1', 'conversation_seconds', period_start, period_end) AS equals_ledger
-  FROM tiermeter.check_org_limits('b-1');
+ WHERE o.org_id = 'bld-1';
+SELECT used, quota, used = pg_temp.ledger('bld-1', 'conversation_seconds', period_start, period_end) AS equals_ledger
+  FROM tiermeter.check_org_limits('bld-1');
 
 -- a grant this period counts, one dated in the last period does not
 INSERT INTO tiermeter.usage_grants (org_id, feature, amount, granted_at)
-SELECT 'b-1', 'conversation_seconds', g, t
+SELECT 'bld-1', 'conversation_seconds', g, t
   FROM tiermeter.orgs o, LATERAL (VALUES (500, now()), (50000, o.period_start - interval '1 day')) v(g, t)
- WHERE o.org_id = 'b-1';
-SELECT used, quota FROM tiermeter.check_org_limits('b-1');
+ WHERE o.org_id = 'bld-1';
+SELECT used, quota FROM tiermeter.check_org_limits('bld-1');
 
 -- an override of the tier's quota, then an unlimited one
-INSERT INTO tiermeter.org_quotas VALUES ('b-1', 'conversation_seconds', 40);
-SELECT used, quota, allowed FROM tiermeter.check_org_limits('b-1');
-UPDATE tiermeter.org_quotas SET quota = NULL WHERE org_id = 'b-1';
-SELECT used, quota, unlimited FROM tiermeter.check_org_limits('b-1');
+INSERT INTO tiermeter.org_quotas VALUES ('bld-1', 'conversation_seconds', 40);
+SELECT used, quota, allowed FROM tiermeter.check_org_limits('bld-1');
+UPDATE tiermeter.org_quotas SET quota = NULL WHERE org_id = 'bld-1';
+SELECT used, quota, unlimited FROM tiermeter.check_org_limits('bld-1');
 
 -- a gauge sums every row, whatever its date
 INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
-VALUES ('b-1', 'documents', 3, now() - interval '2 years'), ('b-1', 'documents', -1, now()),
-       ('b-1', 'documents', 1, now() - interval '40 days');
-SELECT used FROM tiermeter.check_org_limits('b-1', 'documents');
+VALUES ('bld-1', 'documents', 3, now() - interval '2 years'), ('bld-1', 'documents', -1, now()),
+       ('bld-1', 'documents', 1, now() - interval '40 days');
+SELECT used FROM tiermeter.check_org_limits('bld-1', 'documents');
 
 -- ledger rows of an org that has no orgs row yet (written by a backfill):
 -- answered on the default tier, its rows of this calendar month counted
 INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
-VALUES ('b-none', 'conversation_seconds', 11, now()),
-       ('b-none', 'conversation_seconds', 22, date_trunc('month', now()) - interval '1 second');
+VALUES ('bld-none', 'conversation_seconds', 11, now()),
+       ('bld-none', 'conversation_seconds', 22, date_trunc('month', now()) - interval '1 second');
 SELECT tier, used, period_start = date_trunc('month', now()) AS calendar_month
-  FROM tiermeter.check_org_limits('b-none');
+  FROM tiermeter.check_org_limits('bld-none');
 
 -- rows deleted and rows of pages not yet all-visible are read through the
 -- heap; after VACUUM the sum comes from the index alone: the same answers
-DELETE FROM tiermeter.usage_log WHERE org_id = 'b-1' AND amount = 7;
-SELECT used FROM tiermeter.check_org_limits('b-1');
+DELETE FROM tiermeter.usage_log WHERE org_id = 'bld-1' AND amount = 7;
+SELECT used FROM tiermeter.check_org_limits('bld-1');
 VACUUM tiermeter.usage_log;
-INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at) VALUES ('b-1', 'conversation_seconds', 2, now());
-DELETE FROM tiermeter.usage_log WHERE org_id = 'b-1' AND amount = 2;
-SELECT used, used = pg_temp.ledger('b-1', 'conversation_seconds', period_start, period_end) AS equals_ledger
-  FROM tiermeter.check_org_limits('b-1');
+INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at) VALUES ('bld-1', 'conversation_seconds', 2, now());
+DELETE FROM tiermeter.usage_log WHERE org_id = 'bld-1' AND amount = 2;
+SELECT used, used = pg_temp.ledger('bld-1', 'conversation_seconds', period_start, period_end) AS equals_ledger
+  FROM tiermeter.check_org_limits('bld-1');
 
 -- sums past bigint are clamped, as before
 INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
-SELECT 'b-big', 'conversation_seconds', 5000000000000000000, now() FROM generate_series(1, 3);
-SELECT used FROM tiermeter.check_org_limits('b-big');
+SELECT 'bld-big', 'conversation_seconds', 5000000000000000000, now() FROM generate_series(1, 3);
+SELECT used FROM tiermeter.check_org_limits('bld-big');
 INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
-SELECT 'b-big', 'users', -5000000000000000000, now() FROM generate_series(1, 3);
-SELECT used FROM tiermeter.check_org_limits('b-big', 'users');
+SELECT 'bld-big', 'users', -5000000000000000000, now() FROM generate_series(1, 3);
+SELECT used FROM tiermeter.check_org_limits('bld-big', 'users');
 
 -- this transaction's own rows are in its answers, not in the entry others read
 BEGIN;
-SELECT used FROM tiermeter.record_usage('b-1', 5);
-SELECT used FROM tiermeter.check_org_limits('b-1');
+SELECT used FROM tiermeter.record_usage('bld-1', 5);
+SELECT used FROM tiermeter.check_org_limits('bld-1');
 ROLLBACK;
-SELECT used FROM tiermeter.check_org_limits('b-1');
+SELECT used FROM tiermeter.check_org_limits('bld-1');
 
 -- with the library preloaded the sums above were builds (an override or a
 -- grant changed the entry's config only: read again without a sum)
 SELECT capacity = 0 OR (builds >= 5 AND refreshes >= 3) AS built FROM tiermeter.cache_stats();
+
+-- leave the database as this script found it
+DELETE FROM tiermeter.usage_log WHERE org_id LIKE 'bld-%';
+DELETE FROM tiermeter.usage_grants WHERE org_id LIKE 'bld-%';
+DELETE FROM tiermeter.orgs WHERE org_id LIKE 'bld-%';

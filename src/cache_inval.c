@@ -179,6 +179,9 @@ tiermeter_invalidate_trigger(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "tiermeter: not called as a trigger");
+	/* this transaction's sums can no longer be remembered (memo.c) */
+	if (tm_rel_is(td->tg_relation, "usage_log") || tm_rel_is(td->tg_relation, "usage_grants"))
+		tm_memo_forget();
 
 	if (TRIGGER_FIRED_FOR_ROW(td->tg_event))
 	{
@@ -219,7 +222,11 @@ tiermeter_invalidate_insert_trigger(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		elog(ERROR, "tiermeter: not called as a BEFORE INSERT FOR EACH ROW trigger");
 	if (!tm_own_write)
+	{
+		if (tm_rel_is(td->tg_relation, "usage_log"))
+			tm_memo_forget();
 		tm_inval_tuple_org(td, td->tg_trigtuple, true);
+	}
 	return PointerGetDatum(td->tg_trigtuple);
 }
 

@@ -20,6 +20,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -594,6 +595,31 @@ tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only)
 	TmSums		sums;
 	bool		isnull;
 	int			rc;
+	bool		memo = false;
+
+	/*
+	 * The snapshot SPI would take (after a command counter increment when
+	 * not read-only, so this transaction's earlier rows are seen): within a
+	 * transaction, a sum under the same view of other transactions as an
+	 * earlier one comes from memo.c.
+	 */
+	if (snapshot == InvalidSnapshot)
+	{
+		if (!read_only)
+		{
+			CommandCounterIncrement();
+			snapshot = GetTransactionSnapshot();
+		}
+		else if (ActiveSnapshotSet())
+			snapshot = GetActiveSnapshot();
+		if (snapshot != InvalidSnapshot)
+		{
+			if (tm_memo_get(of, snapshot, &sums))
+				return sums;
+			memo = true;
+			read_only = true;	/* exactly that snapshot */
+		}
+	}
 
 	values[0] = CStringGetTextDatum(of->org_id);
 	values[1] = CStringGetTextDatum(of->feature);
@@ -613,6 +639,8 @@ tm_sums(const TmOrgFeature *of, Snapshot snapshot, bool read_only)
 	sums.used = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	sums.granted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	sums.reserved = 0;
+	if (memo)
+		tm_memo_put(of, snapshot, &sums);
 	return sums;
 }
 

@@ -279,6 +279,13 @@ extern bool tm_scan_org_sums(const char *org_id, const char *feature, bool is_ga
 							 TimestampTz now, TimestampTz month_start,
 							 Snapshot snapshot, TmScanOrg *r);
 
+/* memo.c: the table path's sums, remembered within a transaction */
+extern void tm_memo_own_row(const char *org_id, const char *feature, TimestampTz at,
+							int64 amount, bool tracked);
+extern void tm_memo_forget(void);
+extern bool tm_memo_get(const TmOrgFeature *of, Snapshot snap, TmSums *sums);
+extern void tm_memo_put(const TmOrgFeature *of, Snapshot snap, const TmSums *sums);
+
 /* twophase.c: PREPARE TRANSACTION, COMMIT and ROLLBACK PREPARED */
 extern void tm_twophase_init(void);
 extern const char *tm_twophase_gid(void);

@@ -211,7 +211,10 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
 		values[5] = CStringGetTextDatum(c->key);
 	if (tm_execute_own_write(plan, values, nulls) != SPI_OK_INSERT)
 		elog(ERROR, "tiermeter: recording usage failed");
-	return SPI_processed > 0;
+	if (SPI_processed == 0)
+		return false;
+	tm_memo_own_row(c->org_id, c->feature, occurred_at, c->amount, !c->cached);
+	return true;
 }
 
 /* A negative gauge delta must not take the level below zero. */
