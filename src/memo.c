@@ -21,17 +21,28 @@
  * Forgotten: everything at the end of the transaction; the sums, and the
  * own rows of a subtransaction, when it rolls back; and everything for the
  * rest of the transaction once it writes the ledger or the grants in any
- * other way (an insert by hand, an update, a delete, a TRUNCATE: the
- * tables' triggers say so), or inserts a ledger row on the cache's path
- * (not noted here).  Not used in recovery, or with session_replication_role
- * = replica (no update or delete trigger would say so).
+ * other way: a statement that starts to change them (the executor's start,
+ * before any row changes, so that a call in the same statement does not use
+ * what it remembered), a row inserted by hand or COPY (the insert trigger),
+ * TRUNCATE (its trigger), or a ledger row inserted on the cache's path (not
+ * noted here).  Not used in recovery, with session_replication_role =
+ * replica, on a Citus cluster whose tables are distributed (the rows are on
+ * other nodes, whose commits this node's snapshots do not show), or when
+ * the ledger or the grants have triggers or rules of anyone else (they
+ * could write rows inside tiermeter's own insert) or were rewritten.
  */
 #include "tiermeter.h"
 
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
+#include "parser/parsetree.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 /* a ledger row this transaction inserted */
@@ -62,6 +73,8 @@ typedef struct TmMemoSum
 	int64		granted;
 	int			own_upto;		/* own rows [0, own_upto) are in own_used */
 	int64		own_used;		/* those of them in the period */
+	Oid			log_node;		/* the tables' storage when it was read */
+	Oid			grants_node;
 } TmMemoSum;
 
 typedef struct TmMemoKey
@@ -85,6 +98,7 @@ static bool tm_memo_off = false;	/* for the rest of the transaction */
 static bool tm_memo_untracked = false;
 static CommandId tm_memo_untracked_cid = InvalidCommandId;
 static bool tm_memo_registered = false;
+static ExecutorStart_hook_type prev_executor_start = NULL;
 
 static void
 tm_memo_xact(XactEvent event, void *arg)
@@ -140,15 +154,128 @@ tm_memo_register(void)
 void
 tm_memo_forget(void)
 {
+	tm_memo_register();			/* so that the transaction's end turns it on */
 	tm_memo_off = true;
 	tm_memo = NULL;
 }
 
+/* Is rel tiermeter's usage_log or usage_grants? */
 static bool
-tm_memo_usable(void)
+tm_memo_table(Oid relid)
 {
-	return !tm_memo_off && !RecoveryInProgress() &&
-		SessionReplicationRole != SESSION_REPLICATION_ROLE_REPLICA;
+	Oid			nsp = get_rel_namespace(relid);
+	char	   *name;
+	bool		ours;
+
+	if (!OidIsValid(nsp) || nsp != get_namespace_oid("tiermeter", true))
+		return false;
+	name = get_rel_name(relid);
+	ours = name != NULL &&
+		(strcmp(name, "usage_log") == 0 || strcmp(name, "usage_grants") == 0);
+	if (name != NULL)
+		pfree(name);
+	return ours;
+}
+
+/*
+ * A statement that changes the ledger or the grants (UPDATE, DELETE, MERGE,
+ * an INSERT into the grants, in a CTE or not), other than the functions'
+ * own inserts: forgotten before it changes a row.
+ */
+static void
+tm_memo_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	PlannedStmt *stmt = queryDesc->plannedstmt;
+
+	if (tm_memo != NULL && !tm_own_write && stmt->resultRelations != NIL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, stmt->resultRelations)
+		{
+			RangeTblEntry *rte = rt_fetch(lfirst_int(lc), stmt->rtable);
+
+			if (rte->rtekind == RTE_RELATION && tm_memo_table(rte->relid))
+			{
+				tm_memo_forget();
+				break;
+			}
+		}
+	}
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+void
+tm_memo_init(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = tm_memo_executor_start;
+}
+
+/* tiermeter's triggers on the ledger and the grants, by name */
+static const char *const tm_memo_triggers[] = {
+	"usage_log_invalidate", "usage_log_truncate_invalidate",
+	"usage_log_insert_invalidate", "usage_grants_invalidate",
+	"usage_grants_truncate_invalidate"
+};
+
+/*
+ * The table's storage, if it has no rule and only tiermeter's triggers (and
+ * foreign keys'), all enabled; else InvalidOid.
+ */
+static Oid
+tm_memo_table_node(Oid nsp, const char *name)
+{
+	Oid			relid = get_relname_relid(name, nsp);
+	Relation	rel;
+	Oid			node = InvalidOid;
+
+	if (!OidIsValid(relid))
+		return InvalidOid;
+	rel = table_open(relid, AccessShareLock);
+	if (rel->rd_rules == NULL && rel->rd_rel->relkind == RELKIND_RELATION)
+	{
+		TriggerDesc *td = rel->trigdesc;
+		bool		ok = true;
+		int			i;
+		int			j;
+
+		for (i = 0; ok && td != NULL && i < td->numtriggers; i++)
+		{
+			/* foreign keys' checks write nothing; their cascades are statements */
+			if (td->triggers[i].tgisinternal)
+				continue;
+			ok = td->triggers[i].tgenabled != TRIGGER_DISABLED;
+			for (j = 0; ok && j < lengthof(tm_memo_triggers); j++)
+				if (strcmp(td->triggers[i].tgname, tm_memo_triggers[j]) == 0)
+					break;
+			ok = ok && j < lengthof(tm_memo_triggers);
+		}
+		if (ok)
+			node = rel->rd_rel->relfilenode;
+	}
+	table_close(rel, AccessShareLock);
+	return node;
+}
+
+static bool
+tm_memo_usable(Oid *log_node, Oid *grants_node)
+{
+	Oid			nsp;
+
+	if (tm_memo_off || RecoveryInProgress() ||
+		SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ||
+		tm_tables_distributed())
+		return false;
+	nsp = get_namespace_oid("tiermeter", true);
+	if (!OidIsValid(nsp))
+		return false;
+	*log_node = tm_memo_table_node(nsp, "usage_log");
+	*grants_node = tm_memo_table_node(nsp, "usage_grants");
+	return OidIsValid(*log_node) && OidIsValid(*grants_node);
 }
 
 static TmMemoEntry *
@@ -295,15 +422,19 @@ tm_memo_get(const TmOrgFeature *of, Snapshot snap, TmSums *sums)
 	TmMemoEntry *e;
 	TmMemoSum  *m;
 	int64		used;
+	Oid			log_node;
+	Oid			grants_node;
 
-	if (!tm_memo_usable() || snap == NULL || snap->takenDuringRecovery ||
-		(e = tm_memo_entry(of->org_id, of->feature, false)) == NULL)
+	if (tm_memo == NULL || snap == NULL || snap->takenDuringRecovery ||
+		(e = tm_memo_entry(of->org_id, of->feature, false)) == NULL ||
+		!e->sum.valid || !tm_memo_usable(&log_node, &grants_node))
 		return false;
 	m = &e->sum;
-	if (!m->valid || m->is_gauge != of->is_gauge ||
-		(!of->is_gauge && (m->period.start != of->period.start ||
-						   m->period.end != of->period.end)) ||
-		snap->curcid < m->curcid || !tm_memo_same_view(m, snap))
+	/* the period matters for a gauge too: its grants are the period's */
+	if (m->is_gauge != of->is_gauge || m->period.start != of->period.start ||
+		m->period.end != of->period.end || snap->curcid < m->curcid ||
+		m->log_node != log_node || m->grants_node != grants_node ||
+		!tm_memo_same_view(m, snap))
 		return false;
 	if (!tm_memo_catch_up(e, snap) || pg_add_s64_overflow(m->others, m->own_used, &used) ||
 		tm_at_bound(used))
@@ -323,9 +454,13 @@ tm_memo_put(const TmOrgFeature *of, Snapshot snap, const TmSums *sums)
 {
 	TmMemoEntry *e;
 	TmMemoSum  *m;
-	MemoryContext old;
+	TransactionId *xip;
+	TransactionId *subxip;
+	Oid			log_node;
+	Oid			grants_node;
 
-	if (!tm_memo_usable() || snap == NULL || snap->takenDuringRecovery ||
+	if (snap == NULL || snap->takenDuringRecovery ||
+		!tm_memo_usable(&log_node, &grants_node) ||
 		tm_at_bound(sums->used) || tm_at_bound(sums->granted) ||
 		(tm_memo_untracked && snap->curcid < tm_memo_untracked_cid) ||
 		(e = tm_memo_entry(of->org_id, of->feature, true)) == NULL)
@@ -339,23 +474,28 @@ tm_memo_put(const TmOrgFeature *of, Snapshot snap, const TmSums *sums)
 	if (!tm_memo_catch_up(e, snap) ||
 		pg_sub_s64_overflow(sums->used, m->own_used, &m->others))
 		return;
+	/* allocated before anything is freed: an error leaves the old ones */
+	xip = snap->xcnt > 0 ?
+		MemoryContextAlloc(TopTransactionContext, snap->xcnt * sizeof(TransactionId)) : NULL;
+	subxip = snap->subxcnt > 0 ?
+		MemoryContextAlloc(TopTransactionContext, snap->subxcnt * sizeof(TransactionId)) : NULL;
+	if (xip != NULL)
+		memcpy(xip, snap->xip, snap->xcnt * sizeof(TransactionId));
+	if (subxip != NULL)
+		memcpy(subxip, snap->subxip, snap->subxcnt * sizeof(TransactionId));
+	if (m->xip != NULL)
+		pfree(m->xip);
+	if (m->subxip != NULL)
+		pfree(m->subxip);
+	m->xip = xip;
+	m->subxip = subxip;
 	m->granted = sums->granted;
 	m->xmin = snap->xmin;
 	m->xmax = snap->xmax;
 	m->xcnt = snap->xcnt;
 	m->subxcnt = snap->subxcnt;
 	m->suboverflowed = snap->suboverflowed;
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	if (m->xip != NULL)
-		pfree(m->xip);
-	if (m->subxip != NULL)
-		pfree(m->subxip);
-	m->xip = m->xcnt > 0 ? palloc(m->xcnt * sizeof(TransactionId)) : NULL;
-	m->subxip = m->subxcnt > 0 ? palloc(m->subxcnt * sizeof(TransactionId)) : NULL;
-	MemoryContextSwitchTo(old);
-	if (m->xcnt > 0)
-		memcpy(m->xip, snap->xip, m->xcnt * sizeof(TransactionId));
-	if (m->subxcnt > 0)
-		memcpy(m->subxip, snap->subxip, m->subxcnt * sizeof(TransactionId));
+	m->log_node = log_node;
+	m->grants_node = grants_node;
 	m->valid = true;
 }

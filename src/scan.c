@@ -15,8 +15,9 @@
  * same snapshot, sums clamped to bigint the same way.
  *
  * When the tables are not as the install script made them (an index
- * dropped or changed), or Citus distributed them (this node's tables are
- * then empty shells), the caller runs the query instead.
+ * dropped or changed, a column made nullable, a child table, forced row
+ * security), or Citus distributed them (this node's tables are then empty
+ * shells), the caller runs the query instead.
  */
 #include "tiermeter.h"
 
@@ -28,21 +29,26 @@
 #include "access/visibilitymap.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
+#include "storage/predicate.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+
+#ifdef HAVE_INT128			/* the sums are added in 128 bits */
 
 /* a table's column this file reads: its number and type */
 typedef struct TmScanCol
 {
 	AttrNumber	attnum;
 	Oid			type;
+	bool		notnull;
 } TmScanCol;
 
 /* the columns of the install script's tables */
@@ -77,7 +83,8 @@ tm_scan_cols_ok(Relation rel, const TmScanCol *cols, int ncols)
 		if (cols[i].attnum > desc->natts)
 			return false;
 		att = TupleDescAttr(desc, cols[i].attnum - 1);
-		if (att->attisdropped || att->atttypid != cols[i].type)
+		if (att->attisdropped || att->atttypid != cols[i].type ||
+			(cols[i].notnull && !att->attnotnull))
 			return false;
 	}
 	return true;
@@ -91,13 +98,18 @@ tm_scan_index_ok(Relation index, int nkeys, const AttrNumber *cols, int ncols)
 	int			i;
 
 	if (index->rd_rel->relam != BTREE_AM_OID || !ix->indisvalid ||
-		!ix->indisready || ix->indnatts != ncols ||
+		!ix->indisready || ix->indcheckxmin || ix->indnatts != ncols ||
 		ix->indnkeyatts != nkeys ||
 		!heap_attisnull(index->rd_indextuple, Anum_pg_index_indexprs, NULL) ||
 		!heap_attisnull(index->rd_indextuple, Anum_pg_index_indpred, NULL))
 		return false;
 	for (i = 0; i < ncols; i++)
 		if (ix->indkey.values[i] != cols[i])
+			return false;
+	/* text keys compared with the default collation (deterministic) */
+	for (i = 0; i < nkeys; i++)
+		if (OidIsValid(index->rd_indcollation[i]) &&
+			index->rd_indcollation[i] != DEFAULT_COLLATION_OID)
 			return false;
 	return true;
 }
@@ -116,7 +128,9 @@ tm_scan_open(Oid nsp, const char *name, const char *iname, Relation *index,
 	if (!OidIsValid(relid) || !OidIsValid(indid))
 		return NULL;
 	rel = table_open(relid, AccessShareLock);
-	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+	/* the query reads child tables too, and obeys forced row security */
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relhassubclass ||
+		(rel->rd_rel->relrowsecurity && rel->rd_rel->relforcerowsecurity) ||
 		!tm_scan_cols_ok(rel, cols, ncols))
 	{
 		table_close(rel, AccessShareLock);
@@ -168,17 +182,18 @@ tm_scan_org(Relation rel, Relation index, Datum org, Snapshot snapshot,
 	if ((tup = systable_getnext(scan)) != NULL)
 	{
 		TupleDesc	desc = RelationGetDescr(rel);
-		bool		isnull[5];
+		bool		isnull[4];
+		Datum		tier = heap_getattr(tup, ORGS_TIER_ID, desc, &isnull[0]);
 
-		r->tier_id = TextDatumGetCString(heap_getattr(tup, ORGS_TIER_ID, desc, &isnull[0]));
 		r->anchor = DatumGetTimestampTz(heap_getattr(tup, ORGS_ANCHOR, desc, &isnull[1]));
 		r->stored.start = DatumGetTimestampTz(heap_getattr(tup, ORGS_START, desc, &isnull[2]));
 		r->stored.end = DatumGetTimestampTz(heap_getattr(tup, ORGS_END, desc, &isnull[3]));
-		/* NOT NULL columns, CHECK (period_end > period_start) */
+		/* NOT NULL columns (checked), CHECK (period_end > period_start) */
 		if (isnull[0] || isnull[1] || isnull[2] || isnull[3] ||
 			r->stored.end <= r->stored.start)
 			elog(ERROR, "tiermeter: org \"%s\" has a NULL or empty period",
 				 TextDatumGetCString(org));
+		r->tier_id = TextDatumGetCString(tier);
 		found = true;
 	}
 	systable_endscan(scan);
@@ -225,17 +240,17 @@ tm_scan_clamp(int128 sum)
 
 /*
  * The sum of the ledger's amounts for (org, feature), with occurred_at in
- * [from, to) unless all: an index-only scan, reading the heap only for
+ * [from, to): an index-only scan, reading the heap only for
  * pages not all-visible (for the row's visibility; the amount is the
  * index's, which equals the heap's: it is an indexed column, so no HOT
  * update changes it).
  */
 static int64
-tm_scan_usage(Relation rel, Relation index, Datum org, Datum feature, bool all,
+tm_scan_usage(Relation rel, Relation index, Datum org, Datum feature,
 			  TimestampTz from, TimestampTz to, Snapshot snapshot)
 {
 	ScanKeyData keys[4];
-	int			nkeys = 2;
+	int			nkeys = 4;
 	IndexScanDesc scan;
 	ItemPointer tid;
 	TupleTableSlot *slot = NULL;
@@ -244,14 +259,10 @@ tm_scan_usage(Relation rel, Relation index, Datum org, Datum feature, bool all,
 
 	tm_scan_key(&keys[0], index, 0, BTEqualStrategyNumber, F_TEXTEQ, org);
 	tm_scan_key(&keys[1], index, 1, BTEqualStrategyNumber, F_TEXTEQ, feature);
-	if (!all)
-	{
-		tm_scan_key(&keys[2], index, 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
-					TimestampTzGetDatum(from));
-		tm_scan_key(&keys[3], index, 2, BTLessStrategyNumber, F_TIMESTAMPTZ_LT,
-					TimestampTzGetDatum(to));
-		nkeys = 4;
-	}
+	tm_scan_key(&keys[2], index, 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
+				TimestampTzGetDatum(from));
+	tm_scan_key(&keys[3], index, 2, BTLessStrategyNumber, F_TIMESTAMPTZ_LT,
+				TimestampTzGetDatum(to));
 	scan = index_beginscan(rel, index, snapshot, nkeys, 0);
 	scan->xs_want_itup = true;
 	index_rescan(scan, keys, nkeys, NULL, 0);
@@ -268,6 +279,8 @@ tm_scan_usage(Relation rel, Relation index, Datum org, Datum feature, bool all,
 			if (!index_fetch_heap(scan, slot))
 				continue;		/* not visible to the snapshot */
 		}
+		else
+			PredicateLockPage(rel, ItemPointerGetBlockNumber(tid), snapshot);
 		amount = index_getattr(scan->xs_itup, 4, scan->xs_itupdesc, &isnull);
 		if (!isnull)
 			sum += DatumGetInt64(amount);
@@ -326,19 +339,21 @@ tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 				 TmScanOrg *r)
 {
 	static const TmScanCol orgs_cols[] = {
-		{ORGS_ORG_ID, TEXTOID}, {ORGS_TIER_ID, TEXTOID}, {ORGS_ANCHOR, TIMESTAMPTZOID},
-		{ORGS_START, TIMESTAMPTZOID}, {ORGS_END, TIMESTAMPTZOID}};
+		{ORGS_ORG_ID, TEXTOID, true}, {ORGS_TIER_ID, TEXTOID, true},
+		{ORGS_ANCHOR, TIMESTAMPTZOID, true}, {ORGS_START, TIMESTAMPTZOID, true},
+		{ORGS_END, TIMESTAMPTZOID, true}};
 	static const AttrNumber orgs_key[] = {ORGS_ORG_ID};
 	static const TmScanCol quotas_cols[] = {
-		{QUOTAS_ORG_ID, TEXTOID}, {QUOTAS_FEATURE, TEXTOID}, {QUOTAS_QUOTA, INT8OID}};
+		{QUOTAS_ORG_ID, TEXTOID, true}, {QUOTAS_FEATURE, TEXTOID, true},
+		{QUOTAS_QUOTA, INT8OID, false}};
 	static const AttrNumber quotas_key[] = {QUOTAS_ORG_ID, QUOTAS_FEATURE};
 	static const TmScanCol log_cols[] = {
-		{LOG_ORG_ID, TEXTOID}, {LOG_FEATURE, TEXTOID}, {LOG_AMOUNT, INT8OID},
-		{LOG_OCCURRED_AT, TIMESTAMPTZOID}};
+		{LOG_ORG_ID, TEXTOID, true}, {LOG_FEATURE, TEXTOID, true},
+		{LOG_AMOUNT, INT8OID, true}, {LOG_OCCURRED_AT, TIMESTAMPTZOID, true}};
 	static const AttrNumber log_key[] = {LOG_ORG_ID, LOG_FEATURE, LOG_OCCURRED_AT, LOG_AMOUNT};
 	static const TmScanCol grants_cols[] = {
-		{GRANTS_ORG_ID, TEXTOID}, {GRANTS_FEATURE, TEXTOID}, {GRANTS_AMOUNT, INT8OID},
-		{GRANTS_GRANTED_AT, TIMESTAMPTZOID}};
+		{GRANTS_ORG_ID, TEXTOID, true}, {GRANTS_FEATURE, TEXTOID, true},
+		{GRANTS_AMOUNT, INT8OID, true}, {GRANTS_GRANTED_AT, TIMESTAMPTZOID, true}};
 	static const AttrNumber grants_key[] = {GRANTS_ORG_ID, GRANTS_FEATURE, GRANTS_GRANTED_AT};
 	Oid			nsp;
 	Relation	rels[4] = {NULL, NULL, NULL, NULL};
@@ -373,8 +388,10 @@ tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 										 r->org_exists ? r->stored.start : 0,
 										 r->org_exists ? r->stored.end : 0);
 		tm_scan_override(rels[1], idx[1], org, feat, snapshot, r);
-		r->used = tm_scan_usage(rels[2], idx[2], org, feat, is_gauge,
-								r->period.start, r->period.end, snapshot);
+		/* a gauge: every row, as the query's -infinity <= t < infinity */
+		r->used = tm_scan_usage(rels[2], idx[2], org, feat,
+								is_gauge ? DT_NOBEGIN : r->period.start,
+								is_gauge ? DT_NOEND : r->period.end, snapshot);
 		r->granted = tm_scan_grants(rels[3], idx[3], org, feat,
 									r->period.start, r->period.end, snapshot);
 	}
@@ -382,3 +399,15 @@ tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 		tm_scan_close(rels[i], idx[i]);
 	return ok;
 }
+
+#else							/* !HAVE_INT128 */
+
+bool
+tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
+				 TimestampTz now, TimestampTz month_start, Snapshot snapshot,
+				 TmScanOrg *r)
+{
+	return false;				/* the query sums in numeric */
+}
+
+#endif							/* HAVE_INT128 */

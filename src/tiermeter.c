@@ -54,6 +54,7 @@ _PG_init(void)
 	tm_cache_register_callbacks();
 	tm_notify_register_callbacks();
 	tm_twophase_init();
+	tm_memo_init();
 
 	MarkGUCPrefixReserved("tiermeter");
 }

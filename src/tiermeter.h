@@ -283,6 +283,7 @@ extern bool tm_scan_org_sums(const char *org_id, const char *feature, bool is_ga
 extern void tm_memo_own_row(const char *org_id, const char *feature, TimestampTz at,
 							int64 amount, bool tracked);
 extern void tm_memo_forget(void);
+extern void tm_memo_init(void);
 extern bool tm_memo_get(const TmOrgFeature *of, Snapshot snap, TmSums *sums);
 extern void tm_memo_put(const TmOrgFeature *of, Snapshot snap, const TmSums *sums);
 
