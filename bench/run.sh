@@ -14,11 +14,17 @@ cd "$(dirname "$0")/.."
 if [ -z "${PGPORT:-}" ]; then
 	common=(-o 'shared_preload_libraries=tiermeter' -o 'max_connections=100'
 			-o 'shared_buffers=512MB' -o 'synchronous_commit=on' -o 'fsync=on')
+	# the parts' figures that another part compares with (name=tps lines)
+	BENCH_RESULTS=$(mktemp /tmp/tiermeter-bench-results.XXXXXX)
+	export BENCH_RESULTS
+	trap 'rm -f "$BENCH_RESULTS"' EXIT
 	virtualenv "${common[@]}" -o 'tiermeter.cache_size=250000' "$0" "$@"
 	# more orgs than the cache holds: a second cluster, its cache a third of them
 	BENCH_PART=misses virtualenv "${common[@]}" \
 		-o "tiermeter.cache_size=$(( ${BENCH_ORGS:-100000} / 3 ))" "$0" "$@"
-	# the analysts' views on 100k orgs and 10M ledger rows: a third cluster
+	# the table path: a third cluster, the library not preloaded
+	BENCH_PART=tablepath virtualenv "${common[@]:2}" "$0" "$@"
+	# the analysts' views on 100k orgs and 10M ledger rows: a fourth cluster
 	BENCH_PART=views virtualenv "${common[@]}" "$0" "$@"
 	exit
 fi
@@ -71,6 +77,35 @@ script naive_rec_hot  "SELECT naive.record_usage('hot', 1);"
 script consume_hot    "SELECT tiermeter.consume('hot', 1);"
 script naive_con_hot  "SELECT naive.consume('hot', 1);"
 
+# many calls in one transaction, each in its own exception block or not:
+# calls per second at 10k and at 100k calls should be about the same
+long_transactions() {
+psql -X -q -d $DB <<'SQL' > "$work/long.out"
+CREATE FUNCTION pg_temp.calls(n int, sub boolean) RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	FOR i IN 1..n LOOP
+		IF sub THEN
+			BEGIN
+				PERFORM tiermeter.record_usage('long-' || n || sub, 1);
+			EXCEPTION WHEN others THEN RAISE;
+			END;
+		ELSE
+			PERFORM tiermeter.record_usage('long-' || n || sub, 1);
+		END IF;
+	END LOOP;
+	RETURN round(n / extract(epoch FROM clock_timestamp() - t0));
+END $$;
+\pset tuples_only on
+SELECT 'one transaction of 10k calls, no savepoints:    ' || pg_temp.calls(10000, false) || ' calls/s';
+SELECT 'one transaction of 100k calls, no savepoints:   ' || pg_temp.calls(100000, false) || ' calls/s';
+SELECT 'one transaction of 10k calls, a savepoint each:  ' || pg_temp.calls(10000, true) || ' calls/s';
+SELECT 'one transaction of 100k calls, a savepoint each: ' || pg_temp.calls(100000, true) || ' calls/s';
+SQL
+grep 'one transaction' "$work/long.out"
+}
+
 if [ "${BENCH_PART:-}" = views ]; then
 	ROWS=${BENCH_VIEW_ROWS:-10000000}
 	echo "tiermeter bench: the views, $ORGS orgs, $ROWS ledger rows over 12 months" >&2
@@ -108,6 +143,27 @@ if [ "${BENCH_PART:-}" = misses ]; then
 	header
 	line 'check, keys = 3 x cache_size (vs naive check)' check       naive_check  '>= 1.0'
 	line 'record, keys = 3 x cache_size (vs naive)'      record      naive_record '>= 1.0'
+	printf 'check_misses=%s\nrecord_misses=%s\n' "${TPS[check]}" "${TPS[record]}" >> "${BENCH_RESULTS:-/dev/null}"
+	exit 0
+fi
+
+if [ "${BENCH_PART:-}" = tablepath ]; then
+	echo "tiermeter bench: the table path (library not preloaded), $ORGS orgs, ${SECS}s per run" >&2
+	run check 8
+	run record 8
+	echo
+	if [ -s "${BENCH_RESULTS:-}" ]; then
+		TPS[check_misses]=$(sed -n 's/^check_misses=//p' "$BENCH_RESULTS")
+		TPS[record_misses]=$(sed -n 's/^record_misses=//p' "$BENCH_RESULTS")
+		P99[check_misses]=-
+		P99[record_misses]=-
+		header
+		line 'check, keys = 3 x cache_size (vs table path)'  check_misses  check  '>= 1.0'
+		line 'record, keys = 3 x cache_size (vs table path)' record_misses record '>= 1.0'
+	fi
+	printf 'table path, 8 clients: check_org_limits %.0f tps, record_usage %.0f tps\n' "${TPS[check]}" "${TPS[record]}"
+	echo "the library not preloaded:"
+	long_transactions
 	exit 0
 fi
 
@@ -188,33 +244,8 @@ wait $changer
 echo
 line 'check, org with 2M rows, a quota change/s (vs none)' check_big check_big_quiet '>= 0.9, p99 < 5 ms'
 
-# many calls in one transaction, each in its own exception block or not:
-# calls per second at 10k and at 100k calls should be about the same
-psql -X -q -d $DB <<'SQL' > "$work/long.out"
-CREATE FUNCTION pg_temp.calls(n int, sub boolean) RETURNS numeric LANGUAGE plpgsql AS $$
-DECLARE
-	t0 timestamptz := clock_timestamp();
-BEGIN
-	FOR i IN 1..n LOOP
-		IF sub THEN
-			BEGIN
-				PERFORM tiermeter.record_usage('long-' || n || sub, 1);
-			EXCEPTION WHEN others THEN RAISE;
-			END;
-		ELSE
-			PERFORM tiermeter.record_usage('long-' || n || sub, 1);
-		END IF;
-	END LOOP;
-	RETURN round(n / extract(epoch FROM clock_timestamp() - t0));
-END $$;
-\pset tuples_only on
-SELECT 'one transaction of 10k calls, no savepoints:    ' || pg_temp.calls(10000, false) || ' calls/s';
-SELECT 'one transaction of 100k calls, no savepoints:   ' || pg_temp.calls(100000, false) || ' calls/s';
-SELECT 'one transaction of 10k calls, a savepoint each:  ' || pg_temp.calls(10000, true) || ' calls/s';
-SELECT 'one transaction of 100k calls, a savepoint each: ' || pg_temp.calls(100000, true) || ' calls/s';
-SQL
 echo
-grep 'one transaction' "$work/long.out"
+long_transactions
 
 # one transaction recording usage for 300k orgs (three times the cache at its
 # default size) while 8 clients check: its time with its COMMIT, and the
