@@ -23,6 +23,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -38,6 +39,7 @@
 #include "storage/predicate.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -114,20 +116,72 @@ tm_scan_index_ok(Relation index, int nkeys, const AttrNumber *cols, int ncols)
 	return true;
 }
 
-/* Opens schema.name and its index iname if both are as expected; else NULL. */
+/*
+ * The tables' and indexes' oids, looked up once per backend and database,
+ * and again after a relcache invalidation of any of them (dropped,
+ * renamed, altered) or of everything.
+ */
+#define TM_SCAN_RELS 8
+static Oid	tm_scan_oids[TM_SCAN_RELS];
+static Oid	tm_scan_db = InvalidOid;
+static bool tm_scan_valid = false;
+static bool tm_scan_registered = false;
+
+static void
+tm_scan_relcache(Datum arg, Oid relid)
+{
+	int			i;
+
+	if (!OidIsValid(relid))
+		tm_scan_valid = false;
+	for (i = 0; i < TM_SCAN_RELS; i++)
+		if (tm_scan_oids[i] == relid)
+			tm_scan_valid = false;
+}
+
+/* Looks the oids up if needed; false if the schema is not there. */
+static bool
+tm_scan_lookup(void)
+{
+	static const char *const names[TM_SCAN_RELS] = {
+		"orgs", "orgs_pkey", "org_quotas", "org_quotas_pkey",
+		"usage_log", "usage_log_org_feature_time", "usage_grants", "usage_grants_org"
+	};
+	Oid			nsp;
+	int			i;
+
+	if (tm_scan_valid && tm_scan_db == MyDatabaseId)
+		return true;
+	if (!tm_scan_registered)
+	{
+		CacheRegisterRelcacheCallback(tm_scan_relcache, (Datum) 0);
+		tm_scan_registered = true;
+	}
+	nsp = get_namespace_oid("tiermeter", true);
+	if (!OidIsValid(nsp))
+		return false;
+	tm_scan_valid = true;		/* an invalidation from here on looks again */
+	for (i = 0; i < TM_SCAN_RELS; i++)
+		tm_scan_oids[i] = get_relname_relid(names[i], nsp);
+	tm_scan_db = MyDatabaseId;
+	return true;
+}
+
+/* Opens the table relid and its index indid if both are as expected; else NULL. */
 static Relation
-tm_scan_open(Oid nsp, const char *name, const char *iname, Relation *index,
+tm_scan_open(Oid relid, Oid indid, Relation *index,
 			 const TmScanCol *cols, int ncols,
 			 int nkeys, const AttrNumber *icols, int nicols)
 {
-	Oid			relid = get_relname_relid(name, nsp);
-	Oid			indid = get_relname_relid(iname, nsp);
 	Relation	rel;
 
 	*index = NULL;
 	if (!OidIsValid(relid) || !OidIsValid(indid))
 		return NULL;
-	rel = table_open(relid, AccessShareLock);
+	/* gone since the lookup (a drop not yet seen): the query answers */
+	rel = try_table_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return NULL;
 	/* the query reads child tables too, and obeys forced row security */
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relhassubclass ||
 		(rel->rd_rel->relrowsecurity && rel->rd_rel->relforcerowsecurity) ||
@@ -136,11 +190,17 @@ tm_scan_open(Oid nsp, const char *name, const char *iname, Relation *index,
 		table_close(rel, AccessShareLock);
 		return NULL;
 	}
-	*index = index_open(indid, AccessShareLock);
-	if ((*index)->rd_index->indrelid != relid ||
+	*index = try_relation_open(indid, AccessShareLock);
+	if (*index == NULL)
+	{
+		table_close(rel, AccessShareLock);
+		return NULL;
+	}
+	if ((*index)->rd_rel->relkind != RELKIND_INDEX ||
+		(*index)->rd_index->indrelid != relid ||
 		!tm_scan_index_ok(*index, nkeys, icols, nicols))
 	{
-		index_close(*index, AccessShareLock);
+		relation_close(*index, AccessShareLock);
 		table_close(rel, AccessShareLock);
 		*index = NULL;
 		return NULL;
@@ -152,7 +212,7 @@ static void
 tm_scan_close(Relation rel, Relation index)
 {
 	if (index != NULL)
-		index_close(index, AccessShareLock);
+		relation_close(index, AccessShareLock);
 	if (rel != NULL)
 		table_close(rel, AccessShareLock);
 }
@@ -355,7 +415,6 @@ tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 		{GRANTS_ORG_ID, TEXTOID, true}, {GRANTS_FEATURE, TEXTOID, true},
 		{GRANTS_AMOUNT, INT8OID, true}, {GRANTS_GRANTED_AT, TIMESTAMPTZOID, true}};
 	static const AttrNumber grants_key[] = {GRANTS_ORG_ID, GRANTS_FEATURE, GRANTS_GRANTED_AT};
-	Oid			nsp;
 	Relation	rels[4] = {NULL, NULL, NULL, NULL};
 	Relation	idx[4] = {NULL, NULL, NULL, NULL};
 	Datum		org;
@@ -365,16 +424,15 @@ tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 
 	if (tm_tables_distributed())
 		return false;
-	nsp = get_namespace_oid("tiermeter", true);
-	if (!OidIsValid(nsp))
+	if (!tm_scan_lookup())
 		return false;
-	rels[0] = tm_scan_open(nsp, "orgs", "orgs_pkey", &idx[0], orgs_cols,
+	rels[0] = tm_scan_open(tm_scan_oids[0], tm_scan_oids[1], &idx[0], orgs_cols,
 						   lengthof(orgs_cols), 1, orgs_key, lengthof(orgs_key));
-	rels[1] = tm_scan_open(nsp, "org_quotas", "org_quotas_pkey", &idx[1], quotas_cols,
+	rels[1] = tm_scan_open(tm_scan_oids[2], tm_scan_oids[3], &idx[1], quotas_cols,
 						   lengthof(quotas_cols), 2, quotas_key, lengthof(quotas_key));
-	rels[2] = tm_scan_open(nsp, "usage_log", "usage_log_org_feature_time", &idx[2],
+	rels[2] = tm_scan_open(tm_scan_oids[4], tm_scan_oids[5], &idx[2],
 						   log_cols, lengthof(log_cols), 3, log_key, lengthof(log_key));
-	rels[3] = tm_scan_open(nsp, "usage_grants", "usage_grants_org", &idx[3], grants_cols,
+	rels[3] = tm_scan_open(tm_scan_oids[6], tm_scan_oids[7], &idx[3], grants_cols,
 						   lengthof(grants_cols), 3, grants_key, lengthof(grants_key));
 	ok = rels[0] != NULL && rels[1] != NULL && rels[2] != NULL && rels[3] != NULL;
 	if (ok)
