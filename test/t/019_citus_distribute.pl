@@ -112,6 +112,22 @@ is(q1("BEGIN; SELECT (tiermeter.record_usage('$a', 3)).used; COMMIT;"), '130',
 	'usage recorded in a transaction block through the coordinator');
 is(st("check_org_limits('$a')")->{used}, '130', "and the worker's cache counts it");
 
+# a transaction block that records twice on the coordinator (not delegated:
+# the table path) while a delegated record commits on the worker between
+# them: the second answer counts it.  The coordinator's snapshots do not
+# show the worker's commits, so its table path remembers no sum
+my $m = $on_w2[3];
+st("record_usage('$m', 0)");	# the org exists before the block
+my $blk = $coord->background_psql('postgres');
+$blk->query_safe('BEGIN');
+my $u1 = $blk->query_safe("SELECT (tiermeter.record_usage('$m', 1)).used");
+st("record_usage('$m', 100)");
+my $u2 = $blk->query_safe("SELECT (tiermeter.record_usage('$m', 1)).used");
+$blk->query_safe('COMMIT');
+$blk->quit;
+is("$u1 $u2", '1 102', "a worker's commit between two calls of a transaction block is counted");
+is(st("check_org_limits('$m')")->{used}, '102', 'and the worker says the same');
+
 # idempotency keys
 q1("SELECT tiermeter.record_usage('$b', 5, idempotency_key => 'k1')") for 1 .. 3;
 is(st("check_org_limits('$b')")->{used}, '305', 'a repeated key counts once');
