@@ -10,13 +10,13 @@
  * Remembered here, per (org, feature) and period: what a sum read of the
  * rows of other transactions, and the snapshot it read them under; and the
  * rows this transaction inserted itself (tm_insert_usage), in order, each
- * with the first command id after the one that inserted it.  A later sum of the key under a
- * snapshot that sees exactly the same other transactions (the same xmin,
- * xmax and lists of transactions in progress: nothing committed between
- * them) is what was read of the others plus the own rows this snapshot
- * sees (those inserted under an earlier command), without reading the
- * ledger.  When another transaction commits, the next sum reads the ledger
- * again, as before.
+ * with the first command id after the one that inserted it.  A later sum
+ * of the key under a snapshot that sees exactly the same other
+ * transactions (the same xmin, xmax and lists of transactions in progress:
+ * nothing committed between them) is what was read of the others plus the
+ * own rows this snapshot sees (those inserted under an earlier command),
+ * without reading the ledger.  When another transaction commits, the next
+ * sum reads the ledger again, as before.
  *
  * Forgotten: everything at the end of the transaction; the sums, and the
  * own rows of a subtransaction, when it rolls back; and everything for the
