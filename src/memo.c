@@ -94,9 +94,11 @@ typedef struct TmMemoEntry
 
 static HTAB *tm_memo = NULL;	/* in TopTransactionContext */
 static bool tm_memo_off = false;	/* for the rest of the transaction */
-/* the last command that inserted a row not noted here (the cache's path) */
-static bool tm_memo_untracked = false;
-static CommandId tm_memo_untracked_cid = InvalidCommandId;
+/*
+ * The first command after the last insert of a row not noted here (the
+ * cache's path); FirstCommandId (every snapshot sees past it) when none.
+ */
+static CommandId tm_memo_untracked_cid = FirstCommandId;
 static bool tm_memo_registered = false;
 static ExecutorStart_hook_type prev_executor_start = NULL;
 
@@ -112,7 +114,7 @@ tm_memo_xact(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			tm_memo = NULL;		/* its memory goes with the transaction's */
 			tm_memo_off = false;
-			tm_memo_untracked = false;
+			tm_memo_untracked_cid = FirstCommandId;
 			break;
 		default:
 			break;
@@ -349,7 +351,6 @@ tm_memo_own_row(const char *org_id, const char *feature, TimestampTz at,
 		 * when the table path has not been used in this transaction.
 		 */
 		tm_memo_register();
-		tm_memo_untracked = true;
 		tm_memo_untracked_cid = tm_memo_after_insert();
 		if (tm_memo_entry(org_id, feature, false) != NULL)
 			tm_memo_forget();
@@ -462,7 +463,7 @@ tm_memo_put(const TmOrgFeature *of, Snapshot snap, const TmSums *sums)
 	if (snap == NULL || snap->takenDuringRecovery ||
 		!tm_memo_usable(&log_node, &grants_node) ||
 		tm_at_bound(sums->used) || tm_at_bound(sums->granted) ||
-		(tm_memo_untracked && snap->curcid < tm_memo_untracked_cid) ||
+		snap->curcid < tm_memo_untracked_cid ||
 		(e = tm_memo_entry(of->org_id, of->feature, true)) == NULL)
 		return;
 	m = &e->sum;

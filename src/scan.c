@@ -217,12 +217,16 @@ tm_scan_close(Relation rel, Relation index)
 		table_close(rel, AccessShareLock);
 }
 
-/* key i of an index scan: column i + 1 of the index compared with arg */
+/*
+ * A scan key on attno (the table's column for systable_beginscan, the
+ * index's for index_rescan) compared with arg in the collation of the
+ * index's column i.
+ */
 static void
-tm_scan_key(ScanKey key, Relation index, int i, StrategyNumber strategy,
-			RegProcedure proc, Datum arg)
+tm_scan_key(ScanKey key, AttrNumber attno, Relation index, int i,
+			StrategyNumber strategy, RegProcedure proc, Datum arg)
 {
-	ScanKeyEntryInitialize(key, 0, (AttrNumber) (i + 1), strategy, InvalidOid,
+	ScanKeyEntryInitialize(key, 0, attno, strategy, InvalidOid,
 						   index->rd_indcollation[i], proc, arg);
 }
 
@@ -236,8 +240,7 @@ tm_scan_org(Relation rel, Relation index, Datum org, Snapshot snapshot,
 	HeapTuple	tup;
 	bool		found = false;
 
-	ScanKeyEntryInitialize(&key, 0, ORGS_ORG_ID, BTEqualStrategyNumber,
-						   InvalidOid, index->rd_indcollation[0], F_TEXTEQ, org);
+	tm_scan_key(&key, ORGS_ORG_ID, index, 0, BTEqualStrategyNumber, F_TEXTEQ, org);
 	scan = systable_beginscan(rel, RelationGetRelid(index), true, snapshot, 1, &key);
 	if ((tup = systable_getnext(scan)) != NULL)
 	{
@@ -269,10 +272,8 @@ tm_scan_override(Relation rel, Relation index, Datum org, Datum feature,
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	ScanKeyEntryInitialize(&keys[0], 0, QUOTAS_ORG_ID, BTEqualStrategyNumber,
-						   InvalidOid, index->rd_indcollation[0], F_TEXTEQ, org);
-	ScanKeyEntryInitialize(&keys[1], 0, QUOTAS_FEATURE, BTEqualStrategyNumber,
-						   InvalidOid, index->rd_indcollation[1], F_TEXTEQ, feature);
+	tm_scan_key(&keys[0], QUOTAS_ORG_ID, index, 0, BTEqualStrategyNumber, F_TEXTEQ, org);
+	tm_scan_key(&keys[1], QUOTAS_FEATURE, index, 1, BTEqualStrategyNumber, F_TEXTEQ, feature);
 	scan = systable_beginscan(rel, RelationGetRelid(index), true, snapshot, 2, keys);
 	r->has_override = false;
 	if ((tup = systable_getnext(scan)) != NULL)
@@ -317,11 +318,11 @@ tm_scan_usage(Relation rel, Relation index, Datum org, Datum feature,
 	Buffer		vmbuffer = InvalidBuffer;
 	int128		sum = 0;
 
-	tm_scan_key(&keys[0], index, 0, BTEqualStrategyNumber, F_TEXTEQ, org);
-	tm_scan_key(&keys[1], index, 1, BTEqualStrategyNumber, F_TEXTEQ, feature);
-	tm_scan_key(&keys[2], index, 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
+	tm_scan_key(&keys[0], 1, index, 0, BTEqualStrategyNumber, F_TEXTEQ, org);
+	tm_scan_key(&keys[1], 2, index, 1, BTEqualStrategyNumber, F_TEXTEQ, feature);
+	tm_scan_key(&keys[2], 3, index, 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
 				TimestampTzGetDatum(from));
-	tm_scan_key(&keys[3], index, 2, BTLessStrategyNumber, F_TIMESTAMPTZ_LT,
+	tm_scan_key(&keys[3], 3, index, 2, BTLessStrategyNumber, F_TIMESTAMPTZ_LT,
 				TimestampTzGetDatum(to));
 	scan = index_beginscan(rel, index, snapshot, nkeys, 0);
 	scan->xs_want_itup = true;
@@ -363,14 +364,12 @@ tm_scan_grants(Relation rel, Relation index, Datum org, Datum feature,
 	HeapTuple	tup;
 	int128		sum = 0;
 
-	ScanKeyEntryInitialize(&keys[0], 0, GRANTS_ORG_ID, BTEqualStrategyNumber,
-						   InvalidOid, index->rd_indcollation[0], F_TEXTEQ, org);
-	ScanKeyEntryInitialize(&keys[1], 0, GRANTS_FEATURE, BTEqualStrategyNumber,
-						   InvalidOid, index->rd_indcollation[1], F_TEXTEQ, feature);
-	ScanKeyEntryInitialize(&keys[2], 0, GRANTS_GRANTED_AT, BTGreaterEqualStrategyNumber,
-						   InvalidOid, InvalidOid, F_TIMESTAMPTZ_GE, TimestampTzGetDatum(from));
-	ScanKeyEntryInitialize(&keys[3], 0, GRANTS_GRANTED_AT, BTLessStrategyNumber,
-						   InvalidOid, InvalidOid, F_TIMESTAMPTZ_LT, TimestampTzGetDatum(to));
+	tm_scan_key(&keys[0], GRANTS_ORG_ID, index, 0, BTEqualStrategyNumber, F_TEXTEQ, org);
+	tm_scan_key(&keys[1], GRANTS_FEATURE, index, 1, BTEqualStrategyNumber, F_TEXTEQ, feature);
+	tm_scan_key(&keys[2], GRANTS_GRANTED_AT, index, 2, BTGreaterEqualStrategyNumber,
+				F_TIMESTAMPTZ_GE, TimestampTzGetDatum(from));
+	tm_scan_key(&keys[3], GRANTS_GRANTED_AT, index, 2, BTLessStrategyNumber,
+				F_TIMESTAMPTZ_LT, TimestampTzGetDatum(to));
 	scan = systable_beginscan(rel, RelationGetRelid(index), true, snapshot, 4, keys);
 	while ((tup = systable_getnext(scan)) != NULL)
 	{
