@@ -18,6 +18,7 @@ OBJS = \
 	src/status.o \
 	src/limits.o \
 	src/usage.o \
+	src/ledger.o \
 	src/cache.o \
 	src/cache_build.o \
 	src/cache_local.o \

@@ -10,6 +10,8 @@
  *	status.c	building a limit_status value
  *	limits.c	check_org_limits
  *	usage.c		record_usage, consume
+ *	ledger.c	their ledger row, written without SPI when the table is as
+ *				installed
  *	cache.c		the shared-memory counter cache: the shared table, the hit
  *				path; its other parts share the private cache.h:
  *				cache_build.c (building an entry), cache_local.c (what
@@ -278,6 +280,10 @@ typedef struct TmScanOrg
 extern bool tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 							 TimestampTz now, TimestampTz month_start,
 							 Snapshot snapshot, TmScanOrg *r);
+
+/* ledger.c: a ledger row written without SPI */
+extern bool tm_ledger_insert(const char *org_id, const char *feature, int64 amount,
+							 TimestampTz occurred_at, const char *conversation_id);
 
 /* memo.c: the table path's sums, remembered within a transaction */
 extern void tm_memo_own_row(const char *org_id, const char *feature, TimestampTz at,

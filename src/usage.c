@@ -199,6 +199,12 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	TmPlanId	plan = c->key ? TM_PLAN_INSERT_USAGE_KEYED : TM_PLAN_INSERT_USAGE;
 
+	if (c->key == NULL &&
+		tm_ledger_insert(c->org_id, c->feature, c->amount, occurred_at, c->conversation_id))
+	{
+		tm_memo_own_row(c->org_id, c->feature, occurred_at, c->amount, !c->cached);
+		return true;
+	}
 	values[0] = CStringGetTextDatum(c->org_id);
 	values[1] = CStringGetTextDatum(c->feature);
 	values[2] = Int64GetDatum(c->amount);

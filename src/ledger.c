@@ -1,0 +1,371 @@
+/*
+ * ledger.c
+ *		record_usage's and consume's ledger row, written into usage_log and
+ *		its indexes directly, as PostgreSQL writes its own catalogs, without
+ *		SPI or the executor.
+ *
+ * Through SPI, the executor's start-up and shut-down around a one-row
+ * INSERT (the plan's revalidation, opening and describing each index,
+ * calling the BEFORE trigger that ignores the functions' own rows) cost
+ * more than the insert itself, on every call.  Here the table's shape is
+ * checked once per backend (again after any invalidation of the table:
+ * ALTER, CREATE or DROP of an index, trigger, rule or policy, GRANT), and a
+ * call does what the executor would do for that shape: heap_insert, then an
+ * insert into each index that is ready, uniqueness checked by the index
+ * itself.  heap_insert writes the WAL (logical decoding included), the
+ * statistics and the serializable conflict checks as for any INSERT.
+ *
+ * When the table is not as the install script made it -- another trigger on
+ * INSERT (a user's, or a foreign key's check), a rule, row security, a CHECK
+ * constraint, a column added, retyped or given a default, an index on an
+ * expression, with another predicate, deferrable or for exclusion, a table
+ * access method other than heap, Citus in the database -- or the caller
+ * cannot write it (a read-only transaction, no INSERT privilege), the
+ * caller runs the INSERT through SPI, whose executor does all of that and
+ * raises its own errors.  So do calls with an idempotency key (their INSERT
+ * ... ON CONFLICT DO NOTHING is a speculative insertion).
+ */
+#include "tiermeter.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+
+/* usage_log's columns, as the install script makes them */
+#define LEDGER_NATTS		7
+#define LEDGER_RECORDED_AT	7
+
+static const struct
+{
+	Oid			type;
+	bool		notnull;
+}			tm_ledger_cols[LEDGER_NATTS] = {
+	{TEXTOID, true},			/* org_id */
+	{TEXTOID, true},			/* feature */
+	{INT8OID, true},			/* amount */
+	{TIMESTAMPTZOID, true},		/* occurred_at */
+	{TEXTOID, false},			/* conversation_id */
+	{TEXTOID, false},			/* idempotency_key */
+	{TIMESTAMPTZOID, true}		/* recorded_at, DEFAULT now() */
+};
+
+/* one index of usage_log, as a call inserts into it */
+typedef struct TmLedgerIndex
+{
+	Oid			oid;
+	bool		ready;			/* else skipped, as the executor skips it */
+	bool		unique;
+	AttrNumber	not_null_att;	/* WHERE this column IS NOT NULL, or 0 */
+	IndexInfo  *info;
+} TmLedgerIndex;
+
+/*
+ * What a backend knows of the table, rebuilt after a relcache invalidation
+ * of it (which any change to its indexes, triggers, rules, policies,
+ * columns or privileges sends) or of everything.
+ */
+static MemoryContext tm_ledger_cxt = NULL;
+static bool tm_ledger_valid = false;
+static bool tm_ledger_registered = false;
+static Oid	tm_ledger_db = InvalidOid;
+static Oid	tm_ledger_relid = InvalidOid;
+static bool tm_ledger_direct = false;	/* the shape allows the direct insert */
+static int	tm_ledger_nindexes = 0;
+static TmLedgerIndex *tm_ledger_indexes = NULL;
+
+static void
+tm_ledger_relcache(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == tm_ledger_relid)
+		tm_ledger_valid = false;
+}
+
+/* Is the column's default now(), as the install script made it? */
+static bool
+tm_ledger_default_is_now(Relation rel, AttrNumber attnum)
+{
+	Node	   *def = build_column_default(rel, attnum);
+
+	return def != NULL && IsA(def, FuncExpr) &&
+		((FuncExpr *) def)->funcid == F_NOW &&
+		((FuncExpr *) def)->args == NIL;
+}
+
+/* Are the columns, constraints, rules, triggers and security as installed? */
+static bool
+tm_ledger_table_ok(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *td = rel->trigdesc;
+	int			i;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		rel->rd_rules != NULL || rel->rd_rel->relrowsecurity ||
+		desc->natts != LEDGER_NATTS ||
+		(desc->constr != NULL && desc->constr->num_check > 0))
+		return false;
+	for (i = 0; i < LEDGER_NATTS; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || att->atttypid != tm_ledger_cols[i].type ||
+			att->attnotnull != tm_ledger_cols[i].notnull ||
+			att->attgenerated != '\0' || att->attidentity != '\0' ||
+			att->atthasdef != (i + 1 == LEDGER_RECORDED_AT))
+			return false;
+	}
+	if (!tm_ledger_default_is_now(rel, LEDGER_RECORDED_AT))
+		return false;
+
+	/*
+	 * No trigger on INSERT but tiermeter's own, which ignores the functions'
+	 * rows; a foreign key's check is such a trigger, so is any statement
+	 * trigger.
+	 */
+	for (i = 0; td != NULL && i < td->numtriggers; i++)
+	{
+		Trigger    *t = &td->triggers[i];
+		char	   *fname;
+		bool		ours;
+
+		if (!TRIGGER_FOR_INSERT(t->tgtype))
+			continue;
+		fname = get_func_name(t->tgfoid);
+		ours = !t->tgisinternal && fname != NULL &&
+			strcmp(fname, "_invalidate_insert") == 0 &&
+			get_func_namespace(t->tgfoid) == RelationGetNamespace(rel) &&
+			strcmp(t->tgname, "usage_log_insert_invalidate") == 0;
+		if (fname != NULL)
+			pfree(fname);
+		if (!ours)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The index's predicate, when it has one: true if it is "col IS NOT NULL"
+ * on a column of the table (the idempotency keys' index), the column in
+ * *att.
+ */
+static bool
+tm_ledger_predicate(Relation index, AttrNumber *att)
+{
+	List	   *pred = RelationGetIndexPredicate(index);
+	NullTest   *nt;
+
+	*att = 0;
+	if (pred == NIL)
+		return true;
+	if (list_length(pred) != 1 || !IsA(linitial(pred), NullTest))
+		return false;
+	nt = linitial_node(NullTest, pred);
+	if (nt->nulltesttype != IS_NOT_NULL || nt->argisrow ||
+		nt->arg == NULL || !IsA(nt->arg, Var))
+		return false;
+	*att = ((Var *) nt->arg)->varattno;
+	return *att > 0 && *att <= LEDGER_NATTS;
+}
+
+/* One index's description; false if a call could not insert into it here. */
+static bool
+tm_ledger_index(Oid indexoid, TmLedgerIndex *ix)
+{
+	Relation	index = index_open(indexoid, AccessShareLock);
+	Form_pg_index form = index->rd_index;
+	bool		ok;
+	int			i;
+
+	ix->oid = indexoid;
+	ix->ready = form->indisready;
+	ix->unique = form->indisunique;
+	ok = index->rd_rel->relam == BTREE_AM_OID && !form->indisexclusion &&
+		(!form->indisunique || form->indimmediate) &&
+		RelationGetIndexExpressions(index) == NIL &&
+		tm_ledger_predicate(index, &ix->not_null_att);
+	for (i = 0; ok && i < form->indnatts; i++)
+		ok = form->indkey.values[i] > 0 && form->indkey.values[i] <= LEDGER_NATTS;
+	if (ok)
+	{
+		MemoryContext old = MemoryContextSwitchTo(tm_ledger_cxt);
+
+		ix->info = BuildIndexInfo(index);
+		MemoryContextSwitchTo(old);
+	}
+	index_close(index, AccessShareLock);
+	return ok;
+}
+
+/* Describes the open table and its indexes (tm_ledger_direct says if usable). */
+static void
+tm_ledger_describe(Relation rel)
+{
+	List	   *indexes;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (tm_ledger_cxt == NULL)
+		tm_ledger_cxt = AllocSetContextCreate(CacheMemoryContext, "tiermeter ledger",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(tm_ledger_cxt);
+	tm_ledger_indexes = NULL;
+	tm_ledger_nindexes = 0;
+	tm_ledger_direct = false;
+
+	/* Citus routes INSERTs into its tables to their shards: its planner's */
+	if (OidIsValid(get_extension_oid("citus", true)) || !tm_ledger_table_ok(rel))
+		return;
+	indexes = RelationGetIndexList(rel);
+	tm_ledger_indexes = MemoryContextAllocZero(tm_ledger_cxt,
+											   Max(1, list_length(indexes)) * sizeof(TmLedgerIndex));
+	foreach(lc, indexes)
+	{
+		if (!tm_ledger_index(lfirst_oid(lc), &tm_ledger_indexes[n]))
+		{
+			list_free(indexes);
+			return;
+		}
+		n++;
+	}
+	list_free(indexes);
+	tm_ledger_nindexes = n;
+	tm_ledger_direct = true;
+}
+
+/* usage_log, open with RowExclusiveLock, if a direct insert applies; else NULL. */
+static Relation
+tm_ledger_open(void)
+{
+	Relation	rel;
+
+	if (XactReadOnly || IsInParallelMode() || tm_tables_distributed())
+		return NULL;
+	if (!tm_ledger_registered)
+	{
+		CacheRegisterRelcacheCallback(tm_ledger_relcache, (Datum) 0);
+		tm_ledger_registered = true;
+	}
+	if (!tm_ledger_valid || tm_ledger_db != MyDatabaseId)
+	{
+		Oid			nsp = get_namespace_oid("tiermeter", true);
+
+		tm_ledger_relid = OidIsValid(nsp) ? get_relname_relid("usage_log", nsp) : InvalidOid;
+		tm_ledger_db = MyDatabaseId;
+		tm_ledger_direct = false;
+	}
+	if (!OidIsValid(tm_ledger_relid))
+		return NULL;
+	/* the lock's first acquisition in this transaction reads invalidations */
+	rel = try_table_open(tm_ledger_relid, RowExclusiveLock);
+	if (rel == NULL)
+	{
+		tm_ledger_valid = false;
+		return NULL;
+	}
+	if (!tm_ledger_valid)
+	{
+		tm_ledger_valid = true; /* an invalidation from here on looks again */
+		tm_ledger_describe(rel);
+	}
+	/* as the executor checks it; column privileges alone: the executor's */
+	if (!tm_ledger_direct || !tm_ledger_valid ||
+		pg_class_aclcheck(tm_ledger_relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+	{
+		table_close(rel, NoLock);	/* SPI's INSERT takes the same lock */
+		return NULL;
+	}
+	return rel;
+}
+
+/*
+ * Appends a ledger row without an idempotency key straight into usage_log,
+ * under the current command id; false if the table is not as installed or
+ * the call cannot write it here: the caller runs the INSERT through SPI.
+ */
+bool
+tm_ledger_insert(const char *org_id, const char *feature, int64 amount,
+				 TimestampTz occurred_at, const char *conversation_id)
+{
+	Relation	rel = tm_ledger_open();
+	Datum		values[LEDGER_NATTS];
+	bool		nulls[LEDGER_NATTS];
+	Relation   *indexes;
+	HeapTuple	tuple;
+	int			i;
+
+	if (rel == NULL)
+		return false;
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = CStringGetTextDatum(org_id);
+	values[1] = CStringGetTextDatum(feature);
+	values[2] = Int64GetDatum(amount);
+	values[3] = TimestampTzGetDatum(occurred_at);
+	if (conversation_id != NULL)
+		values[4] = CStringGetTextDatum(conversation_id);
+	else
+	{
+		values[4] = (Datum) 0;
+		nulls[4] = true;
+	}
+	values[5] = (Datum) 0;
+	nulls[5] = true;
+	values[6] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+
+	/* as the executor: every index locked before the row is written */
+	indexes = palloc(Max(1, tm_ledger_nindexes) * sizeof(Relation));
+	for (i = 0; i < tm_ledger_nindexes; i++)
+		indexes[i] = index_open(tm_ledger_indexes[i].oid, RowExclusiveLock);
+
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	heap_insert(rel, tuple, GetCurrentCommandId(true), 0, NULL);
+
+	for (i = 0; i < tm_ledger_nindexes; i++)
+	{
+		const TmLedgerIndex *ix = &tm_ledger_indexes[i];
+		IndexInfo  *info = ix->info;
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+		int			k;
+
+		if (ix->ready && !(ix->not_null_att > 0 && nulls[ix->not_null_att - 1]))
+		{
+			for (k = 0; k < info->ii_NumIndexAttrs; k++)
+			{
+				AttrNumber	att = info->ii_IndexAttrNumbers[k];
+
+				ivalues[k] = values[att - 1];
+				inulls[k] = nulls[att - 1];
+			}
+			(void) index_insert(indexes[i], ivalues, inulls, &tuple->t_self, rel,
+								ix->unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+								false, info);
+		}
+		index_close(indexes[i], NoLock);
+	}
+	table_close(rel, NoLock);
+	heap_freetuple(tuple);
+	pfree(indexes);
+	return true;
+}
