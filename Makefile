@@ -44,7 +44,7 @@ DATA = sql/tiermeter--$(BASE_VERSION).sql $(UPGRADES)
 DATA_built = sql/tiermeter--$(EXTVERSION).sql
 
 # pg_regress: scripts in sql/, outputs in expected/
-REGRESS = install catalog periods check record consume admin errors format cache builds stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints long_transactions config_refresh sessions thresholds views nulls cache_stats access twophase distribute
+REGRESS = install catalog periods check record consume admin errors format cache builds ledger stripe_orgs stripe_periods stripe_checkout stripe usage_stats rollover foreign_writes saturation savepoints long_transactions config_refresh sessions thresholds views nulls cache_stats access twophase distribute
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
