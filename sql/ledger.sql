@@ -215,6 +215,43 @@ SELECT count(*) AS by_lower FROM tiermeter.usage_log WHERE lower(org_id) = 'ldg-
 SELECT count(*) AS by_partial FROM tiermeter.usage_log WHERE org_id = 'ldg-3' AND amount > 100;
 SELECT count(*) AS by_hash FROM tiermeter.usage_log WHERE conversation_id = 'c-h';
 ROLLBACK;
+-- a partition of another table: its bounds are checked
+BEGIN;
+CREATE TABLE public.ledger_parent (LIKE tiermeter.usage_log) PARTITION BY RANGE (occurred_at);
+DELETE FROM tiermeter.usage_log;
+ALTER TABLE public.ledger_parent ATTACH PARTITION tiermeter.usage_log
+	FOR VALUES FROM ('2000-01-01 00:00+00') TO ('2001-01-01 00:00+00');
+\set VERBOSITY terse
+SELECT used FROM tiermeter.record_usage('ldg-3', 5);
+\set VERBOSITY default
+ROLLBACK;
+-- a column renamed: the INSERT names its columns
+BEGIN;
+ALTER TABLE tiermeter.usage_log RENAME conversation_id TO conv_id;
+\set VERBOSITY terse
+SELECT used FROM tiermeter.record_usage('ldg-3', 5);
+\set VERBOSITY default
+ROLLBACK;
+-- tiermeter's trigger made a statement trigger, or its function replaced:
+-- the executor calls them as they are now
+BEGIN;
+DROP TRIGGER usage_log_insert_invalidate ON tiermeter.usage_log;
+CREATE TRIGGER usage_log_insert_invalidate AFTER INSERT ON tiermeter.usage_log
+	FOR EACH STATEMENT EXECUTE FUNCTION tiermeter._invalidate_insert();
+\set VERBOSITY terse
+SELECT used FROM tiermeter.record_usage('ldg-3', 5);
+\set VERBOSITY default
+ROLLBACK;
+BEGIN;
+SELECT used FROM tiermeter.record_usage('ldg-3', 5);
+CREATE OR REPLACE FUNCTION tiermeter._invalidate_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.ledger_seen VALUES (NEW.org_id, NEW.amount);
+	RETURN NEW;
+END $$;
+SELECT used FROM tiermeter.record_usage('ldg-3', 7);
+SELECT * FROM public.ledger_seen;
+ROLLBACK;
 -- a read-only transaction: the executor's error, nothing written
 BEGIN READ ONLY;
 SELECT used FROM tiermeter.record_usage('ldg-3', 5);

@@ -8,22 +8,25 @@
  * INSERT (the plan's revalidation, opening and describing each index,
  * calling the BEFORE trigger that ignores the functions' own rows) cost
  * more than the insert itself, on every call.  Here the table's shape is
- * checked once per backend (again after any invalidation of the table:
- * ALTER, CREATE or DROP of an index, trigger, rule or policy, GRANT), and a
- * call does what the executor would do for that shape: heap_insert, then an
- * insert into each index that is ready, uniqueness checked by the index
- * itself.  heap_insert writes the WAL (logical decoding included), the
- * statistics and the serializable conflict checks as for any INSERT.
+ * checked once per backend (again after any invalidation of the table or
+ * one of its indexes -- ALTER, RENAME, CREATE or DROP of an index, trigger,
+ * rule or policy, GRANT -- or of a function), and a call does what the
+ * executor would do for that shape: heap_insert, then an insert into each
+ * index that is ready, uniqueness checked by the index itself.  heap_insert
+ * writes the WAL (logical decoding included), the statistics and the
+ * serializable conflict checks as for any INSERT.
  *
- * When the table is not as the install script made it -- another trigger on
- * INSERT (a user's, or a foreign key's check), a rule, row security, a CHECK
- * constraint, a column added, retyped or given a default, an index on an
- * expression, with another predicate, deferrable or for exclusion, a table
- * access method other than heap, Citus in the database -- or the caller
- * cannot write it (a read-only transaction, no INSERT privilege), the
- * caller runs the INSERT through SPI, whose executor does all of that and
- * raises its own errors.  So do calls with an idempotency key (their INSERT
- * ... ON CONFLICT DO NOTHING is a speculative insertion).
+ * When the table is not as the install script made it -- not named
+ * tiermeter.usage_log any more, a partition, another trigger on INSERT (a
+ * user's, a foreign key's check, tiermeter's own changed), a rule, row
+ * security, a CHECK constraint, a column added, renamed, retyped or given a
+ * default, an index on an expression, with another predicate, deferrable or
+ * for exclusion, a table access method other than heap, Citus in the
+ * database -- or the call cannot write it this way (a read-only
+ * transaction, no INSERT privilege, a permission hook such as sepgsql's or
+ * pgaudit's), the caller runs the INSERT through SPI, whose executor does
+ * all of that and raises its own errors.  So do calls with an idempotency
+ * key (their INSERT ... ON CONFLICT DO NOTHING is a speculative insertion).
  */
 #include "tiermeter.h"
 
@@ -35,10 +38,13 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "rewrite/rewriteHandler.h"
@@ -50,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/syscache.h"
 
 /* usage_log's columns, as the install script makes them */
 #define LEDGER_NATTS		7
@@ -57,16 +64,17 @@
 
 static const struct
 {
+	const char *name;
 	Oid			type;
 	bool		notnull;
 }			tm_ledger_cols[LEDGER_NATTS] = {
-	{TEXTOID, true},			/* org_id */
-	{TEXTOID, true},			/* feature */
-	{INT8OID, true},			/* amount */
-	{TIMESTAMPTZOID, true},		/* occurred_at */
-	{TEXTOID, false},			/* conversation_id */
-	{TEXTOID, false},			/* idempotency_key */
-	{TIMESTAMPTZOID, true}		/* recorded_at, DEFAULT now() */
+	{"org_id", TEXTOID, true},
+	{"feature", TEXTOID, true},
+	{"amount", INT8OID, true},
+	{"occurred_at", TIMESTAMPTZOID, true},
+	{"conversation_id", TEXTOID, false},
+	{"idempotency_key", TEXTOID, false},
+	{"recorded_at", TIMESTAMPTZOID, true}	/* DEFAULT now() */
 };
 
 /* one index of usage_log, as a call inserts into it */
@@ -88,7 +96,9 @@ static MemoryContext tm_ledger_cxt = NULL;
 static bool tm_ledger_valid = false;
 static bool tm_ledger_registered = false;
 static Oid	tm_ledger_db = InvalidOid;
+static Oid	tm_ledger_nsp = InvalidOid;
 static Oid	tm_ledger_relid = InvalidOid;
+static uint32 tm_ledger_proc_hash = 0;	/* our trigger's function */
 static bool tm_ledger_direct = false;	/* the shape allows the direct insert */
 static int	tm_ledger_nindexes = 0;
 static TmLedgerIndex *tm_ledger_indexes = NULL;
@@ -96,7 +106,19 @@ static TmLedgerIndex *tm_ledger_indexes = NULL;
 static void
 tm_ledger_relcache(Datum arg, Oid relid)
 {
+	int			i;
+
 	if (!OidIsValid(relid) || relid == tm_ledger_relid)
+		tm_ledger_valid = false;
+	for (i = 0; i < tm_ledger_nindexes; i++)
+		if (tm_ledger_indexes[i].oid == relid)
+			tm_ledger_valid = false;
+}
+
+static void
+tm_ledger_proc_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (hashvalue == 0 || hashvalue == tm_ledger_proc_hash)
 		tm_ledger_valid = false;
 }
 
@@ -111,6 +133,42 @@ tm_ledger_default_is_now(Relation rel, AttrNumber attnum)
 		((FuncExpr *) def)->args == NIL;
 }
 
+/*
+ * Is the trigger tiermeter's BEFORE INSERT row trigger, calling the C
+ * function of this library that ignores the functions' own rows?  Its
+ * function is watched (tm_ledger_proc_hash): CREATE OR REPLACE FUNCTION
+ * does not invalidate the table.
+ */
+static bool
+tm_ledger_trigger_is_ours(const Trigger *t)
+{
+	HeapTuple	tup;
+	bool		ours = false;
+
+	if (t->tgisinternal || strcmp(t->tgname, "usage_log_insert_invalidate") != 0 ||
+		t->tgtype != (TRIGGER_TYPE_ROW | TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_INSERT) ||
+		t->tgnargs != 0 || t->tgnattr != 0 || t->tgqual != NULL ||
+		t->tgoldtable != NULL || t->tgnewtable != NULL)
+		return false;
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(t->tgfoid));
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		src;
+		Datum		bin;
+
+		src = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_prosrc, &isnull);
+		ours = !isnull && proc->prolang == ClanguageId &&
+			strcmp(TextDatumGetCString(src), "tiermeter_invalidate_insert_trigger") == 0;
+		bin = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_probin, &isnull);
+		ours = ours && !isnull && strcmp(TextDatumGetCString(bin), "$libdir/tiermeter") == 0;
+		ReleaseSysCache(tup);
+	}
+	tm_ledger_proc_hash = GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(t->tgfoid));
+	return ours;
+}
+
 /* Are the columns, constraints, rules, triggers and security as installed? */
 static bool
 tm_ledger_table_ok(Relation rel)
@@ -119,7 +177,7 @@ tm_ledger_table_ok(Relation rel)
 	TriggerDesc *td = rel->trigdesc;
 	int			i;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
 		rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
 		rel->rd_rules != NULL || rel->rd_rel->relrowsecurity ||
 		desc->natts != LEDGER_NATTS ||
@@ -130,6 +188,8 @@ tm_ledger_table_ok(Relation rel)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (att->attisdropped || att->atttypid != tm_ledger_cols[i].type ||
+			att->atttypmod != -1 ||
+			strcmp(NameStr(att->attname), tm_ledger_cols[i].name) != 0 ||
 			att->attnotnull != tm_ledger_cols[i].notnull ||
 			att->attgenerated != '\0' || att->attidentity != '\0' ||
 			att->atthasdef != (i + 1 == LEDGER_RECORDED_AT))
@@ -146,19 +206,8 @@ tm_ledger_table_ok(Relation rel)
 	for (i = 0; td != NULL && i < td->numtriggers; i++)
 	{
 		Trigger    *t = &td->triggers[i];
-		char	   *fname;
-		bool		ours;
 
-		if (!TRIGGER_FOR_INSERT(t->tgtype))
-			continue;
-		fname = get_func_name(t->tgfoid);
-		ours = !t->tgisinternal && fname != NULL &&
-			strcmp(fname, "_invalidate_insert") == 0 &&
-			get_func_namespace(t->tgfoid) == RelationGetNamespace(rel) &&
-			strcmp(t->tgname, "usage_log_insert_invalidate") == 0;
-		if (fname != NULL)
-			pfree(fname);
-		if (!ours)
+		if (TRIGGER_FOR_INSERT(t->tgtype) && !tm_ledger_trigger_is_ours(t))
 			return false;
 	}
 	return true;
@@ -228,9 +277,9 @@ tm_ledger_describe(Relation rel)
 	if (tm_ledger_cxt == NULL)
 		tm_ledger_cxt = AllocSetContextCreate(CacheMemoryContext, "tiermeter ledger",
 											  ALLOCSET_SMALL_SIZES);
-	MemoryContextReset(tm_ledger_cxt);
-	tm_ledger_indexes = NULL;
 	tm_ledger_nindexes = 0;
+	tm_ledger_indexes = NULL;
+	MemoryContextReset(tm_ledger_cxt);
 	tm_ledger_direct = false;
 
 	/* Citus routes INSERTs into its tables to their shards: its planner's */
@@ -259,18 +308,21 @@ tm_ledger_open(void)
 {
 	Relation	rel;
 
-	if (XactReadOnly || IsInParallelMode() || tm_tables_distributed())
+	/* sepgsql's checks and pgaudit's object audit are the executor's */
+	if (XactReadOnly || IsInParallelMode() || ExecutorCheckPerms_hook != NULL ||
+		tm_tables_distributed())
 		return NULL;
 	if (!tm_ledger_registered)
 	{
 		CacheRegisterRelcacheCallback(tm_ledger_relcache, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, tm_ledger_proc_changed, (Datum) 0);
 		tm_ledger_registered = true;
 	}
 	if (!tm_ledger_valid || tm_ledger_db != MyDatabaseId)
 	{
-		Oid			nsp = get_namespace_oid("tiermeter", true);
-
-		tm_ledger_relid = OidIsValid(nsp) ? get_relname_relid("usage_log", nsp) : InvalidOid;
+		tm_ledger_nsp = get_namespace_oid("tiermeter", true);
+		tm_ledger_relid = OidIsValid(tm_ledger_nsp) ?
+			get_relname_relid("usage_log", tm_ledger_nsp) : InvalidOid;
 		tm_ledger_db = MyDatabaseId;
 		tm_ledger_direct = false;
 	}
@@ -287,6 +339,14 @@ tm_ledger_open(void)
 	{
 		tm_ledger_valid = true; /* an invalidation from here on looks again */
 		tm_ledger_describe(rel);
+
+		/*
+		 * Renamed or moved since its oid was looked up (the lock read the
+		 * invalidation): the next call looks the name up again.
+		 */
+		if (strcmp(RelationGetRelationName(rel), "usage_log") != 0 ||
+			RelationGetNamespace(rel) != tm_ledger_nsp)
+			tm_ledger_valid = false;
 	}
 	/* as the executor checks it; column privileges alone: the executor's */
 	if (!tm_ledger_direct || !tm_ledger_valid ||
@@ -296,6 +356,12 @@ tm_ledger_open(void)
 		return NULL;
 	}
 	return rel;
+}
+
+static void
+tm_ledger_error_context(void *arg)
+{
+	errcontext("tiermeter: writing a row of usage_log");
 }
 
 /*
@@ -312,10 +378,15 @@ tm_ledger_insert(const char *org_id, const char *feature, int64 amount,
 	bool		nulls[LEDGER_NATTS];
 	Relation   *indexes;
 	HeapTuple	tuple;
+	ErrorContextCallback context;
 	int			i;
 
 	if (rel == NULL)
 		return false;
+	context.callback = tm_ledger_error_context;
+	context.arg = NULL;
+	context.previous = error_context_stack;
+	error_context_stack = &context;
 
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = CStringGetTextDatum(org_id);
@@ -364,6 +435,7 @@ tm_ledger_insert(const char *org_id, const char *feature, int64 amount,
 		}
 		index_close(indexes[i], NoLock);
 	}
+	error_context_stack = context.previous;
 	table_close(rel, NoLock);
 	heap_freetuple(tuple);
 	pfree(indexes);
