@@ -63,3 +63,14 @@ SELECT :cols FROM tiermeter.check_org_limits('c-tier');
 INSERT INTO tiermeter.features VALUES ('voice_minutes', 'period', 'min', 'test feature');
 SELECT :cols FROM tiermeter.check_org_limits('c-tier', 'voice_minutes');
 DELETE FROM tiermeter.features WHERE feature = 'voice_minutes';
+
+-- the result's descriptor is kept per backend while the type is unchanged:
+-- a column added to limit_status is seen at the next call (an error: the
+-- library builds the columns it knows), and its removal too
+SELECT used FROM tiermeter.check_org_limits('c-tier');
+BEGIN;
+ALTER TYPE tiermeter.limit_status ADD ATTRIBUTE extra integer;
+SELECT used FROM tiermeter.check_org_limits('c-tier');
+ROLLBACK;
+SELECT used FROM tiermeter.check_org_limits('c-tier');
+SELECT (tiermeter.record_usage('c-tier', 1)).used;

@@ -5,11 +5,13 @@
 #include "tiermeter.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "common/int.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/typcache.h"
 #include "utils/timestamp.h"
 
 enum
@@ -52,15 +54,69 @@ tm_percent_hundredths(int64 used, int64 quota)
 }
 
 /*
- * The descriptor of a C function's composite result, made once per query
- * (fn_extra lives in fn_mcxt).  It must have natts columns, or natts_old (a
- * database whose SQL is still at an older version of the type).
+ * The descriptors of the named row types the functions return, kept per
+ * backend while the type cache says they are current (an ALTER TYPE makes
+ * a new one): a query's first call would otherwise copy the type's
+ * descriptor twice, and with prepared statements every call is a query's
+ * first.
+ */
+#define TM_RESULT_TYPES 4
+static struct
+{
+	Oid			typid;
+	uint64		identifier;		/* the type cache's tupDesc_identifier */
+	TupleDesc	desc;			/* in CacheMemoryContext */
+}			tm_result_types[TM_RESULT_TYPES];
+
+static TupleDesc
+tm_named_result_desc(Oid typid)
+{
+	TypeCacheEntry *t = lookup_type_cache(typid, TYPECACHE_TUPDESC);
+	int			i;
+
+	if (t->tupDesc == NULL)
+		return NULL;
+	for (i = 0; i < TM_RESULT_TYPES; i++)
+		if (tm_result_types[i].typid == typid || !OidIsValid(tm_result_types[i].typid))
+			break;
+	if (i == TM_RESULT_TYPES)
+		return NULL;
+	if (tm_result_types[i].typid != typid ||
+		tm_result_types[i].identifier != t->tupDesc_identifier)
+	{
+		TupleDesc	desc = tm_result_types[i].desc;
+		MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
+
+		tm_result_types[i].desc = CreateTupleDescCopy(t->tupDesc);
+		MemoryContextSwitchTo(old);
+		tm_result_types[i].typid = typid;
+		tm_result_types[i].identifier = t->tupDesc_identifier;
+		if (desc != NULL)
+			FreeTupleDesc(desc);
+	}
+	return tm_result_types[i].desc;
+}
+
+/*
+ * The descriptor of a C function's composite result: a named row type's
+ * kept per backend, else made once per query (fn_extra lives in fn_mcxt).
+ * It must have natts columns, or natts_old (a database whose SQL is still
+ * at an older version of the type).
  */
 TupleDesc
 tm_result_desc(FunctionCallInfo fcinfo, const char *type, int natts, int natts_old)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	Oid			typid = get_fn_expr_rettype(fcinfo->flinfo);
 
+	if (tupdesc == NULL && OidIsValid(typid) && typid != RECORDOID &&
+		(tupdesc = tm_named_result_desc(typid)) != NULL)
+	{
+		if (tupdesc->natts != natts && tupdesc->natts != natts_old)
+			elog(ERROR, "tiermeter: %s has %d columns, expected %d",
+				 type, tupdesc->natts, natts);
+		return tupdesc;
+	}
 	if (tupdesc == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
