@@ -74,3 +74,13 @@ SELECT used FROM tiermeter.check_org_limits('c-tier');
 ROLLBACK;
 SELECT used FROM tiermeter.check_org_limits('c-tier');
 SELECT (tiermeter.record_usage('c-tier', 1)).used;
+-- a column retyped or dropped by hand: an error, not a value of another shape
+BEGIN;
+ALTER TYPE tiermeter.limit_status ALTER ATTRIBUTE used TYPE text;
+SELECT used FROM tiermeter.check_org_limits('c-tier');
+ROLLBACK;
+BEGIN;
+ALTER TYPE tiermeter.limit_status DROP ATTRIBUTE reserved;
+SELECT used FROM tiermeter.check_org_limits('c-tier');
+ROLLBACK;
+SELECT used FROM tiermeter.check_org_limits('c-tier');

@@ -9,12 +9,12 @@
  * calling the BEFORE trigger that ignores the functions' own rows) cost
  * more than the insert itself, on every call.  Here the table's shape is
  * checked once per backend (again after any invalidation of the table or
- * one of its indexes -- ALTER, RENAME, CREATE or DROP of an index, trigger,
- * rule or policy, GRANT -- or of a function), and a call does what the
- * executor would do for that shape: heap_insert, then an insert into each
- * index that is ready, uniqueness checked by the index itself.  heap_insert
- * writes the WAL (logical decoding included), the statistics and the
- * serializable conflict checks as for any INSERT.
+ * one of its indexes -- ALTER, RENAME, CREATE or DROP of an index,
+ * trigger, rule or policy, GRANT -- or of a function or a schema), and a
+ * call does what the executor would do for that shape: heap_insert, then
+ * an insert into each index that is ready, uniqueness checked by the index
+ * itself.  heap_insert writes the WAL (logical decoding included), the
+ * statistics and the serializable conflict checks as for any INSERT.
  *
  * When the table is not as the install script made it -- not named
  * tiermeter.usage_log any more, a partition, another trigger on INSERT (a
@@ -120,6 +120,13 @@ tm_ledger_proc_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
 	if (hashvalue == 0 || hashvalue == tm_ledger_proc_hash)
 		tm_ledger_valid = false;
+}
+
+/* a schema renamed (its tables are not invalidated): look the name up again */
+static void
+tm_ledger_schema_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	tm_ledger_valid = false;
 }
 
 /* Is the column's default now(), as the install script made it? */
@@ -295,10 +302,10 @@ tm_ledger_describe(Relation rel)
 			list_free(indexes);
 			return;
 		}
-		n++;
+		/* counted at once: an invalidation of it from here on is seen */
+		tm_ledger_nindexes = ++n;
 	}
 	list_free(indexes);
-	tm_ledger_nindexes = n;
 	tm_ledger_direct = true;
 }
 
@@ -316,6 +323,7 @@ tm_ledger_open(void)
 	{
 		CacheRegisterRelcacheCallback(tm_ledger_relcache, (Datum) 0);
 		CacheRegisterSyscacheCallback(PROCOID, tm_ledger_proc_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, tm_ledger_schema_changed, (Datum) 0);
 		tm_ledger_registered = true;
 	}
 	if (!tm_ledger_valid || tm_ledger_db != MyDatabaseId)

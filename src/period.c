@@ -124,6 +124,7 @@ tm_period_containing(TimestampTz anchor, TimestampTz at, bool has_stored,
 Datum
 tiermeter_period_bounds(PG_FUNCTION_ARGS)
 {
+	static const Oid types[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
 	TupleDesc	tupdesc;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
@@ -149,7 +150,7 @@ tiermeter_period_bounds(PG_FUNCTION_ARGS)
 							 has_stored ? PG_GETARG_TIMESTAMPTZ(3) : 0);
 
 	/* once per query: rollover calls it for every org */
-	tupdesc = tm_result_desc(fcinfo, "period_bounds", 2, 2);
+	tupdesc = tm_result_desc(fcinfo, "period_bounds", types, 2, 2);
 	values[0] = TimestampTzGetDatum(p.start);
 	values[1] = TimestampTzGetDatum(p.end);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));

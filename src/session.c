@@ -206,6 +206,24 @@ tm_session_admit(Datum *key, bool clock, TimestampTz at)
 	return SPI_datumTransfer(result, false, -1);
 }
 
+static const Oid tm_session_status_types[SS_NATTS] = {
+	[SS_ORG_ID] = TEXTOID,
+	[SS_CONVERSATION_ID] = TEXTOID,
+	[SS_ALLOWED] = BOOLOID,
+	[SS_REASON] = TEXTOID,
+	[SS_ACTIVE] = BOOLOID,
+	[SS_STARTED_AT] = TIMESTAMPTZOID,
+	[SS_LAST_ACTIVE_AT] = TIMESTAMPTZOID,
+	[SS_DURATION_SECONDS] = INT8OID,
+	[SS_SESSION_QUOTA] = INT8OID,
+	[SS_SESSION_REMAINING] = INT8OID,
+	[SS_ACTIVE_SESSIONS] = INT4OID,
+	[SS_MAX_ACTIVE_SESSIONS] = INT4OID,
+	[SS_USED] = INT8OID,
+	[SS_QUOTA] = INT8OID,
+	[SS_PERIOD_END] = TIMESTAMPTZOID
+};
+
 /* The session_status of a session active after a touch. */
 static Datum
 tm_session_status(FunctionCallInfo fcinfo, const char *org_id, const char *conversation_id,
@@ -218,7 +236,7 @@ tm_session_status(FunctionCallInfo fcinfo, const char *org_id, const char *conve
 	int64		quota;
 	const char *reason = NULL;
 
-	tupdesc = tm_result_desc(fcinfo, "session_status", SS_NATTS, SS_NATTS);
+	tupdesc = tm_result_desc(fcinfo, "session_status", tm_session_status_types, SS_NATTS, SS_NATTS);
 
 	memset(nulls, 0, sizeof(nulls));
 	if (!tm_limit_allowed(of, sums, &quota))

@@ -34,6 +34,23 @@ enum
 	LS_NATTS
 };
 
+static const Oid tm_limit_status_types[LS_NATTS] = {
+	[LS_ORG_ID] = TEXTOID,
+	[LS_TIER] = TEXTOID,
+	[LS_FEATURE] = TEXTOID,
+	[LS_ALLOWED] = BOOLOID,
+	[LS_REASON] = TEXTOID,
+	[LS_USED] = INT8OID,
+	[LS_QUOTA] = INT8OID,
+	[LS_REMAINING] = INT8OID,
+	[LS_PERCENT_USED] = NUMERICOID,
+	[LS_WARNING] = BOOLOID,
+	[LS_UNLIMITED] = BOOLOID,
+	[LS_PERIOD_START] = TIMESTAMPTZOID,
+	[LS_PERIOD_END] = TIMESTAMPTZOID,
+	[LS_RESERVED] = INT8OID
+};
+
 /* round(100 * used / quota, 2), in hundredths, half away from zero */
 static int64
 tm_percent_hundredths(int64 used, int64 quota)
@@ -54,6 +71,34 @@ tm_percent_hundredths(int64 used, int64 quota)
 }
 
 /*
+ * The columns the library builds must be the type's: natts of them (or
+ * natts_old, a database whose SQL is still at an older version of the
+ * type), of these types, none dropped.  A type altered by hand is an
+ * error, not a value of another shape.
+ */
+static void
+tm_result_desc_check(TupleDesc tupdesc, const char *type, const Oid *types,
+					 int natts, int natts_old)
+{
+	int			i;
+
+	if (tupdesc->natts != natts && tupdesc->natts != natts_old)
+		elog(ERROR, "tiermeter: %s has %d columns, expected %d",
+			 type, tupdesc->natts, natts);
+	for (i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (att->attisdropped || att->atttypid != types[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("tiermeter: column %d of %s is not of type %s",
+							i + 1, type, format_type_be(types[i])),
+					 errhint("The type was altered; its columns are those of the install script.")));
+	}
+}
+
+/*
  * The descriptors of the named row types the functions return, kept per
  * backend while the type cache says they are current (an ALTER TYPE makes
  * a new one): a query's first call would otherwise copy the type's
@@ -69,7 +114,7 @@ static struct
 }			tm_result_types[TM_RESULT_TYPES];
 
 static TupleDesc
-tm_named_result_desc(Oid typid)
+tm_named_result_desc(Oid typid, const char *type, const Oid *types, int natts, int natts_old)
 {
 	TypeCacheEntry *t = lookup_type_cache(typid, TYPECACHE_TUPDESC);
 	int			i;
@@ -85,8 +130,11 @@ tm_named_result_desc(Oid typid)
 		tm_result_types[i].identifier != t->tupDesc_identifier)
 	{
 		TupleDesc	desc = tm_result_types[i].desc;
-		MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
+		MemoryContext old;
 
+		/* checked once per version of the type */
+		tm_result_desc_check(t->tupDesc, type, types, natts, natts_old);
+		old = MemoryContextSwitchTo(CacheMemoryContext);
 		tm_result_types[i].desc = CreateTupleDescCopy(t->tupDesc);
 		MemoryContextSwitchTo(old);
 		tm_result_types[i].typid = typid;
@@ -98,34 +146,27 @@ tm_named_result_desc(Oid typid)
 }
 
 /*
- * The descriptor of a C function's composite result: a named row type's
- * kept per backend, else made once per query (fn_extra lives in fn_mcxt).
- * It must have natts columns, or natts_old (a database whose SQL is still
- * at an older version of the type).
+ * The descriptor of a C function's composite result, of the columns types
+ * (see tm_result_desc_check): a named row type's kept per backend, else
+ * made once per query (fn_extra lives in fn_mcxt).
  */
 TupleDesc
-tm_result_desc(FunctionCallInfo fcinfo, const char *type, int natts, int natts_old)
+tm_result_desc(FunctionCallInfo fcinfo, const char *type, const Oid *types,
+			   int natts, int natts_old)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	Oid			typid = get_fn_expr_rettype(fcinfo->flinfo);
 
 	if (tupdesc == NULL && OidIsValid(typid) && typid != RECORDOID &&
-		(tupdesc = tm_named_result_desc(typid)) != NULL)
-	{
-		if (tupdesc->natts != natts && tupdesc->natts != natts_old)
-			elog(ERROR, "tiermeter: %s has %d columns, expected %d",
-				 type, tupdesc->natts, natts);
+		(tupdesc = tm_named_result_desc(typid, type, types, natts, natts_old)) != NULL)
 		return tupdesc;
-	}
 	if (tupdesc == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 
 		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "tiermeter: return type must be a row type");
-		if (tupdesc->natts != natts && tupdesc->natts != natts_old)
-			elog(ERROR, "tiermeter: %s has %d columns, expected %d",
-				 type, tupdesc->natts, natts);
+		tm_result_desc_check(tupdesc, type, types, natts, natts_old);
 		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		fcinfo->flinfo->fn_extra = tupdesc;
 		MemoryContextSwitchTo(old);
@@ -155,7 +196,7 @@ tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 	int64		pct;
 	bool		allowed;
 
-	tupdesc = tm_result_desc(fcinfo, "limit_status", LS_NATTS, LS_NATTS_0_1);
+	tupdesc = tm_result_desc(fcinfo, "limit_status", tm_limit_status_types, LS_NATTS, LS_NATTS_0_1);
 
 	memset(nulls, 0, sizeof(nulls));
 

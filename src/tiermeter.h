@@ -198,8 +198,8 @@ typedef enum TmReason
 
 extern Datum tm_status_datum(FunctionCallInfo fcinfo, const TmOrgFeature *of,
 							 const TmSums *sums, TmReason mode);
-extern TupleDesc tm_result_desc(FunctionCallInfo fcinfo, const char *type, int natts,
-								int natts_old);
+extern TupleDesc tm_result_desc(FunctionCallInfo fcinfo, const char *type, const Oid *types,
+								int natts, int natts_old);
 extern bool tm_limit_allowed(const TmOrgFeature *of, const TmSums *sums, int64 *quota);
 
 /* limits.c, usage.c: for the other C functions */
