@@ -146,7 +146,7 @@ tm_named_result_desc(Oid typid, const char *type, const Oid *types, int natts, i
 }
 
 /*
- * The descriptor of a C function's composite result, of the columns types
+ * The descriptor of a C function's composite result, of the columns' types
  * (see tm_result_desc_check): a named row type's kept per backend, else
  * made once per query (fn_extra lives in fn_mcxt).
  */
