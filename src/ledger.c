@@ -95,7 +95,6 @@ typedef struct TmLedgerIndex
 static MemoryContext tm_ledger_cxt = NULL;
 static bool tm_ledger_valid = false;
 static bool tm_ledger_registered = false;
-static Oid	tm_ledger_db = InvalidOid;
 static Oid	tm_ledger_nsp = InvalidOid;
 static Oid	tm_ledger_relid = InvalidOid;
 static uint32 tm_ledger_proc_hash = 0;	/* our trigger's function */
@@ -326,13 +325,11 @@ tm_ledger_open(void)
 		CacheRegisterSyscacheCallback(NAMESPACEOID, tm_ledger_schema_changed, (Datum) 0);
 		tm_ledger_registered = true;
 	}
-	if (!tm_ledger_valid || tm_ledger_db != MyDatabaseId)
+	if (!tm_ledger_valid)
 	{
 		tm_ledger_nsp = get_namespace_oid("tiermeter", true);
 		tm_ledger_relid = OidIsValid(tm_ledger_nsp) ?
 			get_relname_relid("usage_log", tm_ledger_nsp) : InvalidOid;
-		tm_ledger_db = MyDatabaseId;
-		tm_ledger_direct = false;
 	}
 	if (!OidIsValid(tm_ledger_relid))
 		return NULL;
