@@ -13,6 +13,7 @@ OBJS = \
 	src/tiermeter.o \
 	src/period.o \
 	src/catalog.o \
+	src/relnames.o \
 	src/scan.o \
 	src/memo.o \
 	src/status.o \
@@ -48,7 +49,7 @@ REGRESS = install catalog periods check record consume admin errors format cache
 REGRESS_OPTS = --inputdir=. --load-extension=tiermeter
 
 # isolation specs: test/specs, outputs in test/expected
-ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end session_touch_wait threshold_race twophase_consume long_transaction_commits ledger_rename
+ISOLATION = consume_edge idempotency_race config_visibility stripe_race stripe_checkout_race consume_bypass rollover_race consume_reserved session_slots session_touch_end session_touch_wait threshold_race twophase_consume long_transaction_commits ledger_rename build_rename
 ISOLATION_OPTS = --inputdir=test --load-extension=tiermeter
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

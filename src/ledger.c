@@ -10,8 +10,8 @@
  * more than the insert itself, on every call.  Here the table's shape is
  * checked once per backend (again after any invalidation of the table or
  * one of its indexes -- ALTER, RENAME, CREATE or DROP of an index,
- * trigger, rule or policy, GRANT -- or of a function or a schema), and a
- * call does what the executor would do for that shape: heap_insert, then
+ * trigger, rule or policy, GRANT -- or of its trigger's function), and
+ * a call does what the executor would do for that shape: heap_insert, then
  * an insert into each index that is ready, uniqueness checked by the index
  * itself.  heap_insert writes the WAL (logical decoding included), the
  * statistics and the serializable conflict checks as for any INSERT.
@@ -95,8 +95,8 @@ typedef struct TmLedgerIndex
 static MemoryContext tm_ledger_cxt = NULL;
 static bool tm_ledger_valid = false;
 static bool tm_ledger_registered = false;
-static Oid	tm_ledger_nsp = InvalidOid;
-static Oid	tm_ledger_relid = InvalidOid;
+static TmRelName tm_ledger_name = TM_RELNAME("usage_log");
+static Oid	tm_ledger_relid = InvalidOid;	/* the table described */
 static uint32 tm_ledger_proc_hash = 0;	/* our trigger's function */
 static bool tm_ledger_direct = false;	/* the shape allows the direct insert */
 static int	tm_ledger_nindexes = 0;
@@ -119,13 +119,6 @@ tm_ledger_proc_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
 	if (hashvalue == 0 || hashvalue == tm_ledger_proc_hash)
 		tm_ledger_valid = false;
-}
-
-/* a schema renamed (its tables are not invalidated): look the name up again */
-static void
-tm_ledger_schema_changed(Datum arg, int cacheid, uint32 hashvalue)
-{
-	tm_ledger_valid = false;
 }
 
 /* Is the column's default now(), as the install script made it? */
@@ -322,42 +315,23 @@ tm_ledger_open(void)
 	{
 		CacheRegisterRelcacheCallback(tm_ledger_relcache, (Datum) 0);
 		CacheRegisterSyscacheCallback(PROCOID, tm_ledger_proc_changed, (Datum) 0);
-		CacheRegisterSyscacheCallback(NAMESPACEOID, tm_ledger_schema_changed, (Datum) 0);
 		tm_ledger_registered = true;
 	}
-	if (!tm_ledger_valid)
-	{
-		tm_ledger_nsp = get_namespace_oid("tiermeter", true);
-		tm_ledger_relid = OidIsValid(tm_ledger_nsp) ?
-			get_relname_relid("usage_log", tm_ledger_nsp) : InvalidOid;
-	}
-	if (!OidIsValid(tm_ledger_relid))
-		return NULL;
-	/* the lock's first acquisition in this transaction reads invalidations */
-	rel = try_table_open(tm_ledger_relid, RowExclusiveLock);
+	/* the table an INSERT naming tiermeter.usage_log would write */
+	rel = tm_relname_open(&tm_ledger_name, RowExclusiveLock);
 	if (rel == NULL)
-	{
-		tm_ledger_valid = false;
 		return NULL;
-	}
-	if (!tm_ledger_valid)
+	if (!tm_ledger_valid || RelationGetRelid(rel) != tm_ledger_relid)
 	{
-		tm_ledger_valid = true; /* an invalidation from here on looks again */
+		tm_ledger_valid = true; /* an invalidation from here on describes again */
+		tm_ledger_relid = RelationGetRelid(rel);
 		tm_ledger_describe(rel);
-
-		/*
-		 * Renamed or moved since its oid was looked up (the lock read the
-		 * invalidation): the next call looks the name up again.
-		 */
-		if (strcmp(RelationGetRelationName(rel), "usage_log") != 0 ||
-			RelationGetNamespace(rel) != tm_ledger_nsp)
-			tm_ledger_valid = false;
 	}
 	/* as the executor checks it; column privileges alone: the executor's */
 	if (!tm_ledger_direct || !tm_ledger_valid ||
 		pg_class_aclcheck(tm_ledger_relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
 	{
-		table_close(rel, NoLock);	/* SPI's INSERT takes the same lock */
+		relation_close(rel, NoLock);	/* SPI's INSERT takes the same lock */
 		return NULL;
 	}
 	return rel;
@@ -441,7 +415,7 @@ tm_ledger_insert(const char *org_id, const char *feature, int64 amount,
 		index_close(indexes[i], NoLock);
 	}
 	error_context_stack = context.previous;
-	table_close(rel, NoLock);
+	relation_close(rel, NoLock);
 	heap_freetuple(tuple);
 	pfree(indexes);
 	return true;

@@ -33,6 +33,7 @@
  */
 #include "tiermeter.h"
 
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -229,15 +230,13 @@ static const char *const tm_memo_triggers[] = {
  * foreign keys'), all enabled; else InvalidOid.
  */
 static Oid
-tm_memo_table_node(Oid nsp, const char *name)
+tm_memo_table_node(TmRelName *name)
 {
-	Oid			relid = get_relname_relid(name, nsp);
-	Relation	rel;
+	Relation	rel = tm_relname_open(name, AccessShareLock);
 	Oid			node = InvalidOid;
 
-	if (!OidIsValid(relid))
+	if (rel == NULL)
 		return InvalidOid;
-	rel = table_open(relid, AccessShareLock);
 	if (rel->rd_rules == NULL && rel->rd_rel->relkind == RELKIND_RELATION)
 	{
 		TriggerDesc *td = rel->trigdesc;
@@ -259,24 +258,22 @@ tm_memo_table_node(Oid nsp, const char *name)
 		if (ok)
 			node = rel->rd_rel->relfilenode;
 	}
-	table_close(rel, AccessShareLock);
+	relation_close(rel, AccessShareLock);
 	return node;
 }
 
 static bool
 tm_memo_usable(Oid *log_node, Oid *grants_node)
 {
-	Oid			nsp;
+	static TmRelName log_name = TM_RELNAME("usage_log");
+	static TmRelName grants_name = TM_RELNAME("usage_grants");
 
 	if (tm_memo_off || RecoveryInProgress() ||
 		SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ||
 		tm_tables_distributed())
 		return false;
-	nsp = get_namespace_oid("tiermeter", true);
-	if (!OidIsValid(nsp))
-		return false;
-	*log_node = tm_memo_table_node(nsp, "usage_log");
-	*grants_node = tm_memo_table_node(nsp, "usage_grants");
+	*log_node = tm_memo_table_node(&log_name);
+	*grants_node = tm_memo_table_node(&grants_name);
 	return OidIsValid(*log_node) && OidIsValid(*grants_node);
 }
 

@@ -28,7 +28,6 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/visibilitymap.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
@@ -117,69 +116,28 @@ tm_scan_index_ok(Relation index, int nkeys, const AttrNumber *cols, int ncols)
 }
 
 /*
- * The tables' and indexes' oids, looked up once per backend and database,
- * and again after a relcache invalidation of any of them (dropped,
- * renamed, altered) or of everything.
+ * The tables and their indexes, by name (relnames.c: the relations a query
+ * naming them would read, after a rename or a schema change too).
  */
-#define TM_SCAN_RELS 8
-static Oid	tm_scan_oids[TM_SCAN_RELS];
-static Oid	tm_scan_db = InvalidOid;
-static bool tm_scan_valid = false;
-static bool tm_scan_registered = false;
+static TmRelName tm_scan_orgs = TM_RELNAME("orgs");
+static TmRelName tm_scan_orgs_pkey = TM_RELNAME("orgs_pkey");
+static TmRelName tm_scan_quotas = TM_RELNAME("org_quotas");
+static TmRelName tm_scan_quotas_pkey = TM_RELNAME("org_quotas_pkey");
+static TmRelName tm_scan_log = TM_RELNAME("usage_log");
+static TmRelName tm_scan_log_index = TM_RELNAME("usage_log_org_feature_time");
+static TmRelName tm_scan_grants_rel = TM_RELNAME("usage_grants");
+static TmRelName tm_scan_grants_index = TM_RELNAME("usage_grants_org");
 
-static void
-tm_scan_relcache(Datum arg, Oid relid)
-{
-	int			i;
-
-	if (!OidIsValid(relid))
-		tm_scan_valid = false;
-	for (i = 0; i < TM_SCAN_RELS; i++)
-		if (tm_scan_oids[i] == relid)
-			tm_scan_valid = false;
-}
-
-/* Looks the oids up if needed; false if the schema is not there. */
-static bool
-tm_scan_lookup(void)
-{
-	static const char *const names[TM_SCAN_RELS] = {
-		"orgs", "orgs_pkey", "org_quotas", "org_quotas_pkey",
-		"usage_log", "usage_log_org_feature_time", "usage_grants", "usage_grants_org"
-	};
-	Oid			nsp;
-	int			i;
-
-	if (tm_scan_valid && tm_scan_db == MyDatabaseId)
-		return true;
-	if (!tm_scan_registered)
-	{
-		CacheRegisterRelcacheCallback(tm_scan_relcache, (Datum) 0);
-		tm_scan_registered = true;
-	}
-	nsp = get_namespace_oid("tiermeter", true);
-	if (!OidIsValid(nsp))
-		return false;
-	tm_scan_valid = true;		/* an invalidation from here on looks again */
-	for (i = 0; i < TM_SCAN_RELS; i++)
-		tm_scan_oids[i] = get_relname_relid(names[i], nsp);
-	tm_scan_db = MyDatabaseId;
-	return true;
-}
-
-/* Opens the table relid and its index indid if both are as expected; else NULL. */
+/* Opens the table and its index if both are there and as expected; else NULL. */
 static Relation
-tm_scan_open(Oid relid, Oid indid, Relation *index,
+tm_scan_open(TmRelName *table, TmRelName *indexname, Relation *index,
 			 const TmScanCol *cols, int ncols,
 			 int nkeys, const AttrNumber *icols, int nicols)
 {
 	Relation	rel;
 
 	*index = NULL;
-	if (!OidIsValid(relid) || !OidIsValid(indid))
-		return NULL;
-	/* gone since the lookup (a drop not yet seen): the query answers */
-	rel = try_table_open(relid, AccessShareLock);
+	rel = tm_relname_open(table, AccessShareLock);
 	if (rel == NULL)
 		return NULL;
 	/* the query reads child tables too, and obeys forced row security */
@@ -187,21 +145,21 @@ tm_scan_open(Oid relid, Oid indid, Relation *index,
 		(rel->rd_rel->relrowsecurity && rel->rd_rel->relforcerowsecurity) ||
 		!tm_scan_cols_ok(rel, cols, ncols))
 	{
-		table_close(rel, AccessShareLock);
+		relation_close(rel, AccessShareLock);
 		return NULL;
 	}
-	*index = try_relation_open(indid, AccessShareLock);
+	*index = tm_relname_open(indexname, AccessShareLock);
 	if (*index == NULL)
 	{
-		table_close(rel, AccessShareLock);
+		relation_close(rel, AccessShareLock);
 		return NULL;
 	}
 	if ((*index)->rd_rel->relkind != RELKIND_INDEX ||
-		(*index)->rd_index->indrelid != relid ||
+		(*index)->rd_index->indrelid != RelationGetRelid(rel) ||
 		!tm_scan_index_ok(*index, nkeys, icols, nicols))
 	{
 		relation_close(*index, AccessShareLock);
-		table_close(rel, AccessShareLock);
+		relation_close(rel, AccessShareLock);
 		*index = NULL;
 		return NULL;
 	}
@@ -214,7 +172,7 @@ tm_scan_close(Relation rel, Relation index)
 	if (index != NULL)
 		relation_close(index, AccessShareLock);
 	if (rel != NULL)
-		table_close(rel, AccessShareLock);
+		relation_close(rel, AccessShareLock);
 }
 
 /*
@@ -423,15 +381,13 @@ tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 
 	if (tm_tables_distributed())
 		return false;
-	if (!tm_scan_lookup())
-		return false;
-	rels[0] = tm_scan_open(tm_scan_oids[0], tm_scan_oids[1], &idx[0], orgs_cols,
+	rels[0] = tm_scan_open(&tm_scan_orgs, &tm_scan_orgs_pkey, &idx[0], orgs_cols,
 						   lengthof(orgs_cols), 1, orgs_key, lengthof(orgs_key));
-	rels[1] = tm_scan_open(tm_scan_oids[2], tm_scan_oids[3], &idx[1], quotas_cols,
+	rels[1] = tm_scan_open(&tm_scan_quotas, &tm_scan_quotas_pkey, &idx[1], quotas_cols,
 						   lengthof(quotas_cols), 2, quotas_key, lengthof(quotas_key));
-	rels[2] = tm_scan_open(tm_scan_oids[4], tm_scan_oids[5], &idx[2],
+	rels[2] = tm_scan_open(&tm_scan_log, &tm_scan_log_index, &idx[2],
 						   log_cols, lengthof(log_cols), 3, log_key, lengthof(log_key));
-	rels[3] = tm_scan_open(tm_scan_oids[6], tm_scan_oids[7], &idx[3], grants_cols,
+	rels[3] = tm_scan_open(&tm_scan_grants_rel, &tm_scan_grants_index, &idx[3], grants_cols,
 						   lengthof(grants_cols), 3, grants_key, lengthof(grants_key));
 	ok = rels[0] != NULL && rels[1] != NULL && rels[2] != NULL && rels[3] != NULL;
 	if (ok)

@@ -36,9 +36,9 @@
 #include "access/genam.h"
 #include "access/relscan.h"
 #include "access/stratnum.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_am_d.h"
 #include "catalog/pg_collation_d.h"
 #include "executor/tuptable.h"
@@ -135,14 +135,16 @@ tm_session_touch(Datum *key, TimestampTz at, TmSession *s)
  * under READ COMMITTED, the transaction's under REPEATABLE READ and
  * SERIALIZABLE, with its predicate locks), and sees this call's update.
  */
+static TmRelName tm_sessions_name = TM_RELNAME("sessions");
+static TmRelName tm_sessions_open_name = TM_RELNAME("sessions_open");
+
 static int32
 tm_active_sessions(Datum org_id, TimestampTz at)
 {
-	Oid			nsp = get_namespace_oid("tiermeter", false);
-	Oid			relid = get_relname_relid("sessions", nsp);
-	Oid			indexid = get_relname_relid("sessions_open", nsp);
-	Relation	rel;
-	Relation	index;
+	Relation	rel = tm_relname_open(&tm_sessions_name, AccessShareLock);
+	Relation	index = rel != NULL ?
+		tm_relname_open(&tm_sessions_open_name, AccessShareLock) : NULL;
+	Oid			relid;
 	AttrNumber	idle_col;
 	AttrNumber	ended_col;
 	ScanKeyData skey;
@@ -151,13 +153,14 @@ tm_active_sessions(Datum org_id, TimestampTz at)
 	TupleTableSlot *slot;
 	int32		n = 0;
 
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
+	if (rel == NULL || index == NULL || rel->rd_rel->relkind != RELKIND_RELATION ||
+		index->rd_rel->relkind != RELKIND_INDEX)
 		elog(ERROR, "tiermeter: table sessions or its index sessions_open is missing");
-	rel = table_open(relid, AccessShareLock);
-	index = index_open(indexid, AccessShareLock);
+	relid = RelationGetRelid(rel);
 	idle_col = get_attnum(relid, "idle_until");
 	ended_col = get_attnum(relid, "ended_at");
 	if (idle_col == InvalidAttrNumber || ended_col == InvalidAttrNumber ||
+		index->rd_index->indrelid != relid ||
 		index->rd_rel->relam != BTREE_AM_OID || !index->rd_index->indisvalid ||
 		index->rd_index->indnkeyatts != 1 ||
 		index->rd_index->indkey.values[0] != get_attnum(relid, "org_id"))
@@ -183,8 +186,8 @@ tm_active_sessions(Datum org_id, TimestampTz at)
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	PopActiveSnapshot();
-	index_close(index, AccessShareLock);
-	table_close(rel, AccessShareLock);
+	relation_close(index, AccessShareLock);
+	relation_close(rel, AccessShareLock);
 	return n;
 }
 

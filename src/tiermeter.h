@@ -262,6 +262,21 @@ extern bool tm_org_elsewhere(const char *org_id);
 extern bool tm_tables_distributed(void);
 extern void tm_require_org_here(const char *org_id, const char *func, const char *what);
 
+/* relnames.c: tiermeter's tables and indexes opened by name */
+typedef struct TmRelName
+{
+	const char *name;			/* in the tiermeter schema */
+	Oid			nsp;			/* as last looked up */
+	Oid			relid;			/* as last looked up; InvalidOid: none */
+	bool		valid;			/* false: look the name up again */
+	bool		listed;			/* in the callbacks' list */
+	struct TmRelName *next;
+} TmRelName;
+
+#define TM_RELNAME(n)	{(n), InvalidOid, InvalidOid, false, false, NULL}
+
+extern Relation tm_relname_open(TmRelName *ref, LOCKMODE lockmode);
+
 /* scan.c: an org's rows read from the indexes, for builds */
 typedef struct TmScanOrg
 {
