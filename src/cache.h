@@ -221,6 +221,7 @@ typedef struct TmLocal
 	int64		undo_reserved;	/* scratch for a savepoint's rollback */
 	uint32		reg_epoch;		/* the entry's epoch when we registered */
 	bool		unregistered;
+	bool		inval_at_commit;	/* a big transaction's: invalidated */
 	TmEntry    *entry;			/* pinned while registered or reserved */
 } TmLocal;
 
@@ -291,6 +292,7 @@ extern void tm_entry_set_alerted(TmEntry *e, uint32 mask);
 
 /* cache_inval.c */
 extern void tm_inval_org(const char *org_id, bool usage);
+extern void tm_inval_key(const TmCacheKey *key, uint32 hash);
 extern bool tm_inval_all;
 extern bool tm_inval_all_usage;
 extern HTAB *tm_inval_orgs;

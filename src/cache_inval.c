@@ -325,6 +325,23 @@ tm_inval_one_org(Oid dbid, const char *org_id, bool usage)
 }
 
 /*
+ * One key's entry, if there is one, made invalid: its usage is read from
+ * the ledger again.  Allocates nothing: it cannot fail.
+ */
+void
+tm_inval_key(const TmCacheKey *key, uint32 hash)
+{
+	LWLock	   *lock = tm_lock_for(hash);
+	TmEntry    *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(tm_htab, key, hash, HASH_FIND, NULL);
+	if (e != NULL)
+		tm_inval_entry(e, true);
+	LWLockRelease(lock);
+}
+
+/*
  * The entries of the orgs this transaction changed: looked up one by one,
  * so the cost is the orgs' and no lock is held for long, whatever the cache
  * size.  An entry created after its lookup is built from a snapshot that

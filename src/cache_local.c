@@ -151,6 +151,20 @@ tm_add_own(const TmCacheKey *key, const TmOrgFeature *of, TmSums *sums)
 	sums->used = tm_add_sat(sums->used, l->amount);
 }
 
+/*
+ * Has this transaction noted more keys than a big transaction's (see
+ * tm_pre_commit)?  Then its commit registers with no entry it only recorded
+ * for, and its misses need not make entries (usage.c).
+ */
+bool
+tm_cache_big_transaction(void)
+{
+	long		n = (tm_first_used ? 1 : 0) +
+		(tm_local != NULL ? hash_get_num_entries(tm_local) : 0);
+
+	return n > Max(TM_BIG_TRANSACTION_MIN, tm_cache_size / 8);
+}
+
 TmLocal *
 tm_local_entry(const TmCacheKey *key, uint32 hash)
 {
@@ -191,6 +205,7 @@ tm_local_entry(const TmCacheKey *key, uint32 hash)
 	l->undo_reserved = 0;
 	l->reg_epoch = 0;
 	l->unregistered = false;
+	l->inval_at_commit = false;
 	l->entry = NULL;
 	return l;
 }
@@ -359,9 +374,12 @@ tm_needs_registration(const TmLocal *l)
  *
  * A transaction that touched more keys than a fraction of the cache does not
  * register the ones it only recorded usage for: pinning them would make
- * every new entry evict from a table of pinned ones.  Their orgs are
- * invalidated at commit instead, as a write around the functions is, and
- * rebuilt from the ledger when next asked.  (Keys holding a consume
+ * every new entry evict from a table of pinned ones.  Their entries, where
+ * there are any, are invalidated at commit instead, key by key under one
+ * partition lock at a time (not the org's every feature, whose lookups
+ * would outnumber the entries and take all partitions for one scan), and
+ * rebuilt from the ledger when next asked: what a registered key's commit
+ * would change is that key's entry only.  (Keys holding a consume
  * reservation are registered: the reservation pins them anyway.)
  */
 static void
@@ -388,7 +406,7 @@ tm_pre_commit(void)
 			continue;
 		if (big && l->reserved == 0)
 		{
-			tm_inval_org(l->key.org_id, true);
+			l->inval_at_commit = true;
 			continue;
 		}
 		lock = tm_lock_for(l->hash);
@@ -479,6 +497,9 @@ tm_end_xact(bool commit)
 
 			if (l->unregistered)
 				pg_atomic_fetch_sub_u32(&tm_shared->unregistered, 1);
+			/* rows visible: an entry built from now on sees them */
+			if (commit && l->inval_at_commit)
+				tm_inval_key(&l->key, l->hash);
 			/* only a registration or a reservation pins the entry */
 			if (e == NULL || (!l->registered && l->reserved == 0))
 				continue;

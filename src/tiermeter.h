@@ -236,6 +236,7 @@ extern bool tm_cache_get(const TmCacheKey *key, uint32 hash, const char *org_id,
 						 const char *feature, TmOrgFeature *of, TmSums *sums,
 						 MemoryContext cxt);
 extern bool tm_cache_admit(const TmCacheKey *key, uint32 hash);
+extern bool tm_cache_big_transaction(void);
 extern void tm_cache_org_changed(const char *org_id, bool usage);
 extern bool tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 						   const char *feature, TmOrgFeature *of, TmSums *sums,

@@ -67,9 +67,12 @@ tm_call_args(TmCall *c, FunctionCallInfo fcinfo)
 	c->reserved = false;
 }
 
-/* Inside SPI: the org, feature and quota, from the cache when it can. */
+/*
+ * Inside SPI: the org, feature and quota, from the cache when it can.  A
+ * miss makes an entry if may_enter.
+ */
 static void
-tm_call_load(TmCall *c)
+tm_call_load(TmCall *c, bool may_enter)
 {
 	c->can_reserve = tm_cache_enabled() &&
 		tm_cache_key(&c->ckey, c->org_id, c->feature, &c->hash);
@@ -78,7 +81,7 @@ tm_call_load(TmCall *c)
 	{
 		if (!tm_cache_get(&c->ckey, c->hash, c->org_id, c->feature, &c->of, &c->sums, c->cxt))
 			(void) tm_cache_build(&c->ckey, c->hash, c->org_id, c->feature,
-								  &c->of, &c->sums, c->cxt, true);
+								  &c->of, &c->sums, c->cxt, may_enter);
 	}
 	else
 		tm_lookup(&c->of, c->org_id, c->feature, InvalidSnapshot, c->cxt);
@@ -302,7 +305,11 @@ tm_record_call(TmCall *c, TimestampTz occurred_at)
 	bool		created;
 	bool		inserted;
 
-	tm_call_load(c);
+	/*
+	 * A big transaction's keys would only evict others' entries: its commit
+	 * invalidates its orgs instead of adding to entries (cache_local.c).
+	 */
+	tm_call_load(c, !tm_cache_big_transaction());
 	/* a replayed key returns the current status, whatever the level now */
 	if (c->of.is_gauge && c->amount < 0 &&
 		!(c->key != NULL && tm_key_exists(c, tm_latest_snapshot())))
@@ -416,7 +423,7 @@ tiermeter_consume(PG_FUNCTION_ARGS)
 	tm_require_org_here(c.org_id, "consume", "consume");
 
 	tm_spi_begin(&save);
-	tm_call_load(&c);
+	tm_call_load(&c, true);		/* a reservation needs the entry */
 	created = tm_call_ensure_org(&c);
 
 	if (c.key != NULL)
