@@ -250,23 +250,48 @@ long_transactions
 # one transaction recording usage for 300k orgs (three times the cache at its
 # default size) while 8 clients check: its time with its COMMIT, and the
 # checks' TPS while it ran (from pgbench's per-transaction log) against the
-# check run above
+# check run above.  Its references: the same checks beside the naive
+# record_usage over 300k new orgs in one transaction, and beside a statement
+# that does nothing but keep one core busy as long (a PL/pgSQL loop, no
+# tiermeter): on this machine's two cores, what any busy statement leaves
+# the checks.
 BIG_TX=${BENCH_BIG_TX_ORGS:-300000}
-rm -f "$work"/log.*
-pgbench -n -M prepared -T 40 -c 8 -j $JOBS -f "$work/check.sql" -l --log-prefix="$work/log" $DB \
-	> "$work/during_tx.out" 2>&1 &
-bench_pid=$!
-sleep 3
-t0=$(date +%s%N)
-psql -X -q -d $DB -c "SELECT count(tiermeter.record_usage('tx-' || i, 1)) FROM generate_series(1, $BIG_TX) i" >/dev/null
-t1=$(date +%s%N)
-wait $bench_pid
-TPS[during_tx]=$(cat "$work"/log.* | awk -v a="$t0" -v b="$t1" \
-	'{t = $5 * 1000000000 + $6 * 1000; if (t >= a && t < b) n++} END {printf "%.0f", n / ((b - a) / 1e9)}')
+# window_tps T0 T1: the checks logged by pgbench between T0 and T1 (ns), per second
+window_tps() {
+	cat "$work"/log.* | awk -v a="$1" -v b="$2" \
+		'{t = $5 * 1000000000 + $6 * 1000; if (t >= a && t < b) n++} END {printf "%.0f", n / ((b - a) / 1e9)}'
+}
+# beside_checks SECONDS SQL: runs SQL 3 s into SECONDS of checks; sets t0, t1
+beside_checks() {
+	rm -f "$work"/log.*
+	pgbench -n -M prepared -T "$1" -c 8 -j $JOBS -f "$work/check.sql" -l --log-prefix="$work/log" $DB \
+		> "$work/beside.out" 2>&1 &
+	local bench_pid=$!
+	sleep 3
+	t0=$(date +%s%N)
+	psql -X -q -d $DB -c "$2" >/dev/null
+	t1=$(date +%s%N)
+	wait $bench_pid
+}
+beside_checks 40 "SELECT count(tiermeter.record_usage('tx-' || i, 1)) FROM generate_series(1, $BIG_TX) i"
+TPS[during_tx]=$(window_tps "$t0" "$t1")
+tx_ms=$(( (t1 - t0) / 1000000 ))
+beside_checks 40 "SELECT count(naive.record_usage('tx-' || i, 1)) FROM generate_series(1, $BIG_TX) i"
+TPS[during_naive_tx]=$(window_tps "$t0" "$t1")
+naive_tx_ms=$(( (t1 - t0) / 1000000 ))
+beside_checks $(( tx_ms / 1000 + 8 )) "DO \$\$ DECLARE stop timestamptz := clock_timestamp() + interval '$tx_ms ms'; n bigint := 0;
+	BEGIN WHILE clock_timestamp() < stop LOOP n := n + 1; END LOOP; END \$\$"
+TPS[during_cpu]=$(window_tps "$t0" "$t1")
 echo
-printf 'one transaction recording for %d orgs, COMMIT included: %d ms (goal: seconds)\n' "$BIG_TX" $(( (t1 - t0) / 1000000 ))
+printf 'one transaction recording for %d orgs, COMMIT included: %d ms (goal: seconds)\n' "$BIG_TX" "$tx_ms"
 printf 'check_org_limits, 8 clients, while it ran: %.0f tps, %s of the run above (goal >= 0.8)\n' \
 	"${TPS[during_tx]}" "$(ratio "${TPS[during_tx]}" "${TPS[check]}")"
+printf '  while the naive record did the same (%d ms): %.0f tps, %s of the run above\n' \
+	"$naive_tx_ms" "${TPS[during_naive_tx]}" "$(ratio "${TPS[during_naive_tx]}" "${TPS[check]}")"
+printf '  while a loop of no tiermeter kept one core busy as long: %.0f tps, %s of the run above\n' \
+	"${TPS[during_cpu]}" "$(ratio "${TPS[during_cpu]}" "${TPS[check]}")"
+printf '  beside the transaction, against beside the naive one: %s; against beside the loop: %s\n' \
+	"$(ratio "${TPS[during_tx]}" "${TPS[during_naive_tx]}")" "$(ratio "${TPS[during_tx]}" "${TPS[during_cpu]}")"
 
 # rollover of 1M orgs while 8 clients check: its time, and the checks' TPS
 # meanwhile against the check run above
