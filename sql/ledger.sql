@@ -133,6 +133,25 @@ SELECT pg_temp.executor_inserts() AS executor_inserts;
 SELECT * FROM public.ledger_seen;
 SELECT conversation_id FROM tiermeter.usage_log WHERE org_id = 'ldg-3';
 ROLLBACK;
+-- a trigger of the user's that changes the row: what the call answers and
+-- what the cache counts after the commit is what the ledger holds (before,
+-- the calls answered 5, 6 and 8, and the cache kept 8 against the ledger's
+-- 16)
+CREATE FUNCTION public.ledger_double() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	NEW.amount := NEW.amount * 2;
+	RETURN NEW;
+END $$;
+SELECT used FROM tiermeter.check_org_limits('ldg-4');
+CREATE TRIGGER ledger_double BEFORE INSERT ON tiermeter.usage_log
+	FOR EACH ROW EXECUTE FUNCTION public.ledger_double();
+SELECT used FROM tiermeter.record_usage('ldg-4', 5);
+SELECT used FROM tiermeter.record_usage('ldg-4', 1, idempotency_key => 'ldg-4-k');
+SELECT used FROM tiermeter.consume('ldg-4', 2);
+DROP TRIGGER ledger_double ON tiermeter.usage_log;
+DROP FUNCTION public.ledger_double();
+SELECT used FROM tiermeter.check_org_limits('ldg-4');
+SELECT sum(amount) AS ledger FROM tiermeter.usage_log WHERE org_id = 'ldg-4';
 -- a statement trigger
 BEGIN;
 CALL pg_temp.mark();

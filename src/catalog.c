@@ -107,14 +107,16 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 	},
 	[TM_PLAN_INSERT_USAGE] = {
 		"INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at, conversation_id)"
-		" VALUES ($1, $2, $3, $4, $5)",
+		" VALUES ($1, $2, $3, $4, $5)"
+		" RETURNING org_id, feature, amount, occurred_at",
 		5, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID}
 	},
 	[TM_PLAN_INSERT_USAGE_KEYED] = {
 		"INSERT INTO tiermeter.usage_log"
 		"       (org_id, feature, amount, occurred_at, conversation_id, idempotency_key)"
 		" VALUES ($1, $2, $3, $4, $5, $6)"
-		" ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+		" ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+		" RETURNING org_id, feature, amount, occurred_at",
 		6, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID}
 	},
 	[TM_PLAN_GRANTS] = {

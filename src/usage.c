@@ -194,14 +194,42 @@ tm_key_exists(const TmCall *c, Snapshot snapshot)
 	return true;
 }
 
-/* Appends a ledger row; false if the idempotency key was already there. */
+/*
+ * Is the row the INSERT returned (org_id, feature, amount, occurred_at) the
+ * one the call asked for?  A user's BEFORE INSERT trigger may have changed
+ * it; then the org it went to is marked too.
+ */
 static bool
-tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
+tm_row_as_given(const TmCall *c, TimestampTz occurred_at)
+{
+	HeapTuple	row = SPI_tuptable->vals[0];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+	char	   *org_id = SPI_getvalue(row, desc, 1);
+	char	   *feature = SPI_getvalue(row, desc, 2);
+	Datum		amount = SPI_getbinval(row, desc, 3, &isnull);
+	Datum		at = SPI_getbinval(row, desc, 4, &isnull);
+	bool		same_org = org_id != NULL && strcmp(org_id, c->org_id) == 0;
+
+	if (!same_org && org_id != NULL)
+		tm_cache_org_changed(org_id, true);
+	return same_org && feature != NULL && strcmp(feature, c->feature) == 0 &&
+		DatumGetInt64(amount) == c->amount &&
+		DatumGetTimestampTz(at) == occurred_at;
+}
+
+/*
+ * Appends a ledger row; false if the idempotency key was already there (or
+ * a trigger skipped the row).  *as_given is false if a trigger changed it.
+ */
+static bool
+tm_insert_usage(const TmCall *c, TimestampTz occurred_at, bool *as_given)
 {
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	TmPlanId	plan = c->key ? TM_PLAN_INSERT_USAGE_KEYED : TM_PLAN_INSERT_USAGE;
 
+	*as_given = true;
 	if (c->key == NULL &&
 		tm_ledger_insert(c->org_id, c->feature, c->amount, occurred_at, c->conversation_id))
 	{
@@ -218,11 +246,15 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at)
 		nulls[4] = 'n';
 	if (c->key)
 		values[5] = CStringGetTextDatum(c->key);
-	if (tm_execute_own_write(plan, values, nulls) != SPI_OK_INSERT)
+	if (tm_execute_own_write(plan, values, nulls) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "tiermeter: recording usage failed");
 	if (SPI_processed == 0)
 		return false;
-	tm_memo_own_row(c->org_id, c->feature, occurred_at, c->amount, !c->cached);
+	*as_given = tm_row_as_given(c, occurred_at);
+	if (*as_given)
+		tm_memo_own_row(c->org_id, c->feature, occurred_at, c->amount, !c->cached);
+	else
+		tm_memo_forget();
 	return true;
 }
 
@@ -247,9 +279,20 @@ tm_check_gauge_floor(TmCall *c)
 static bool
 tm_record(TmCall *c, TimestampTz occurred_at, bool created_org)
 {
-	bool		inserted = tm_insert_usage(c, occurred_at);
+	bool		as_given;
+	bool		inserted = tm_insert_usage(c, occurred_at, &as_given);
 
-	if (inserted && c->cached)
+	if (inserted && !as_given)
+	{
+		/*
+		 * A trigger of the user's changed the row: no note could carry it.
+		 * The org's entries are rebuilt from the ledger after the commit,
+		 * and this call answers from it, the row included.
+		 */
+		tm_cache_org_changed(c->org_id, true);
+		c->cached = false;
+	}
+	else if (inserted && c->cached)
 	{
 		tm_cache_note(&c->ckey, c->hash, &c->of, c->amount, occurred_at, created_org);
 		if (tm_in_period(&c->of, occurred_at) && tm_at_bound(c->sums.used))
@@ -307,7 +350,7 @@ tm_record_call(TmCall *c, TimestampTz occurred_at)
 
 	/*
 	 * A big transaction's keys would only evict others' entries: its commit
-	 * invalidates its orgs instead of adding to entries (cache_local.c).
+	 * invalidates their entries instead of adding to them (cache_local.c).
 	 */
 	tm_call_load(c, !tm_cache_big_transaction());
 	/* a replayed key returns the current status, whatever the level now */
