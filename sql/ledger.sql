@@ -152,6 +152,40 @@ DROP TRIGGER ledger_double ON tiermeter.usage_log;
 DROP FUNCTION public.ledger_double();
 SELECT used FROM tiermeter.check_org_limits('ldg-4');
 SELECT sum(amount) AS ledger FROM tiermeter.usage_log WHERE org_id = 'ldg-4';
+-- a trigger of the user's that inserts another ledger row during the
+-- call's own (a fee): both rows count, in the answer and in the cache (the
+-- fee's row was taken for the call's own, and the cache kept 5 against the
+-- ledger's 105, in a first version)
+CREATE FUNCTION public.ledger_fee() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.amount <> 100 THEN
+		INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at)
+		VALUES (NEW.org_id, NEW.feature, 100, NEW.occurred_at);
+	END IF;
+	RETURN NULL;
+END $$;
+SELECT used FROM tiermeter.check_org_limits('ldg-5');
+CREATE TRIGGER ledger_fee AFTER INSERT ON tiermeter.usage_log
+	FOR EACH ROW EXECUTE FUNCTION public.ledger_fee();
+SELECT used FROM tiermeter.record_usage('ldg-5', 5);
+DROP TRIGGER ledger_fee ON tiermeter.usage_log;
+DROP FUNCTION public.ledger_fee();
+SELECT used FROM tiermeter.check_org_limits('ldg-5');
+SELECT sum(amount) AS ledger FROM tiermeter.usage_log WHERE org_id = 'ldg-5';
+-- the table gone for a moment: the calls take the executor's way while it
+-- is, and the direct way again once it is back (a first version kept "not
+-- there" for the backend's life)
+BEGIN;
+ALTER TABLE tiermeter.usage_log RENAME TO usage_log_away;
+SAVEPOINT away;
+SELECT used FROM tiermeter.record_usage('ldg-5', 1);
+ROLLBACK TO away;
+ROLLBACK;
+BEGIN;
+CALL pg_temp.mark();
+SELECT used FROM tiermeter.record_usage('ldg-5', 1);
+SELECT pg_temp.executor_inserts() AS executor_inserts;
+ROLLBACK;
 -- a statement trigger
 BEGIN;
 CALL pg_temp.mark();
@@ -209,6 +243,17 @@ CALL pg_temp.mark();
 CREATE RULE ledger_also AS ON INSERT TO tiermeter.usage_log
 	DO ALSO INSERT INTO public.ledger_seen VALUES (NEW.org_id, NEW.amount * 100);
 SELECT used FROM tiermeter.record_usage('ldg-3', 5);
+SELECT * FROM public.ledger_seen;
+ROLLBACK;
+-- a conditional DO INSTEAD rule: the INSERT cannot return its row then, and
+-- the call answers from the ledger (an INSERT ... RETURNING was refused in
+-- a first version); the big amount goes where the rule says
+BEGIN;
+CREATE RULE ledger_instead AS ON INSERT TO tiermeter.usage_log
+	WHERE NEW.amount > 1000 DO INSTEAD
+	INSERT INTO public.ledger_seen VALUES (NEW.org_id, NEW.amount);
+SELECT used FROM tiermeter.record_usage('ldg-3', 5);
+SELECT used FROM tiermeter.record_usage('ldg-3', 5000);
 SELECT * FROM public.ledger_seen;
 ROLLBACK;
 -- row security (the functions' owner is not subject to it here)

@@ -32,8 +32,9 @@
 #define TM_PARTITIONS	16
 #define TM_PREPARED_LOCK	TM_PARTITIONS	/* the tranche's last lock */
 
-/* a transaction that recorded for more keys than this (and than an eighth
- * of the cache) has its orgs invalidated at commit, not its entries pinned */
+/* a transaction that noted more keys than this (and than an eighth of the
+ * cache) has its keys' entries invalidated at commit, not pinned, and its
+ * record_usage misses make no entries */
 #define TM_BIG_TRANSACTION_MIN	1024
 
 #define TM_MAX_BUILDS	64		/* entries being built at once */

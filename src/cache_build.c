@@ -287,6 +287,8 @@ tm_cache_build(const TmCacheKey *key, uint32 hash, const char *org_id,
 		volatile bool clean = pg_atomic_read_u32(&tm_shared->unregistered) == 0;
 		uint64		config_gen = tm_config_gen();	/* before the snapshot */
 
+		/* the tables first, then the snapshot, as a query does */
+		tm_scan_lock_tables();
 		/* everything committed, nothing of our own transaction */
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		snapshot->curcid = FirstCommandId;

@@ -221,11 +221,13 @@ tiermeter_invalidate_insert_trigger(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		elog(ERROR, "tiermeter: not called as a BEFORE INSERT FOR EACH ROW trigger");
-	if (!tm_own_write)
+	/* a row a user's trigger inserts during the functions' own is not theirs */
+	if (!tm_own_write || tm_trigger_depth() != tm_own_write_depth)
 	{
 		if (tm_rel_is(td->tg_relation, "usage_log"))
 			tm_memo_forget();
 		tm_inval_tuple_org(td, td->tg_trigtuple, true);
+		tm_foreign_rows++;
 	}
 	return PointerGetDatum(td->tg_trigtuple);
 }

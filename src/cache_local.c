@@ -387,16 +387,12 @@ tm_pre_commit(void)
 {
 	TmLocalIter it = {0};
 	TmLocal    *l;
-	int			n = 0;
 	bool		big;
 
 	tm_commit_xid = GetTopTransactionIdIfAny();
-	while ((l = tm_local_next(&it)) != NULL)
-		if (tm_needs_registration(l))
-			n++;
-	big = n > Max(TM_BIG_TRANSACTION_MIN, tm_cache_size / 8);
+	/* as its record_usage misses judged it: every key noted */
+	big = tm_cache_big_transaction();
 
-	memset(&it, 0, sizeof(it));
 	while ((l = tm_local_next(&it)) != NULL)
 	{
 		LWLock	   *lock;

@@ -111,6 +111,12 @@ static const TmPlanDef plan_defs[TM_NUM_PLANS] = {
 		" RETURNING org_id, feature, amount, occurred_at",
 		5, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID}
 	},
+	/* RETURNING is refused when a rule may rewrite the INSERT */
+	[TM_PLAN_INSERT_USAGE_RULES] = {
+		"INSERT INTO tiermeter.usage_log (org_id, feature, amount, occurred_at, conversation_id)"
+		" VALUES ($1, $2, $3, $4, $5)",
+		5, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID}
+	},
 	[TM_PLAN_INSERT_USAGE_KEYED] = {
 		"INSERT INTO tiermeter.usage_log"
 		"       (org_id, feature, amount, occurred_at, conversation_id, idempotency_key)"
@@ -225,9 +231,13 @@ static SPIPlanPtr plans[TM_NUM_PLANS];
  * True while the functions insert their own ledger or org rows: the cache
  * learns of those otherwise (tm_cache_note at commit, or an explicit
  * tm_cache_org_changed), so the insert trigger that catches everyone else's
- * rows (tiermeter_invalidate_insert_trigger) skips them.
+ * rows (tiermeter_invalidate_insert_trigger) skips them -- only at the
+ * trigger depth of the functions' INSERT itself: a row a user's trigger
+ * inserts during it is everyone else's, and counts in tm_foreign_rows.
  */
 bool		tm_own_write = false;
+int			tm_own_write_depth = 0;
+uint64		tm_foreign_rows = 0;
 
 /* The owner of the tiermeter schema, as whom all table access runs. */
 static Oid	tm_owner = InvalidOid;
@@ -565,14 +575,27 @@ tm_grants(const TmOrgFeature *of, Snapshot snapshot)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* The trigger nesting level now (0 outside any trigger), as pg_trigger_depth(). */
+int
+tm_trigger_depth(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return DatumGetInt32(pg_trigger_depth(fcinfo));
+}
+
 /* Runs one of the functions' own INSERTs (see tm_own_write). */
 int
 tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls)
 {
 	int			rc;
 	bool		save = tm_own_write;
+	int			save_depth = tm_own_write_depth;
 
 	tm_own_write = true;
+	/* its rows' BEFORE triggers fire one level down; rows a trigger inserts, lower */
+	tm_own_write_depth = tm_trigger_depth() + 1;
 	PG_TRY();
 	{
 		rc = SPI_execute_plan(tm_plan(id), values, nulls, false, 0);
@@ -580,6 +603,7 @@ tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls)
 	PG_FINALLY();
 	{
 		tm_own_write = save;
+		tm_own_write_depth = save_depth;
 	}
 	PG_END_TRY();
 	return rc;

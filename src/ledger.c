@@ -337,6 +337,20 @@ tm_ledger_open(void)
 	return rel;
 }
 
+/* Has usage_log rules (an INSERT ... RETURNING is refused then)? */
+bool
+tm_ledger_has_rules(void)
+{
+	Relation	rel = tm_relname_open(&tm_ledger_name, RowExclusiveLock);
+	bool		rules;
+
+	if (rel == NULL)
+		return false;
+	rules = rel->rd_rules != NULL;
+	relation_close(rel, NoLock);	/* the INSERT takes the same lock */
+	return rules;
+}
+
 static void
 tm_ledger_error_context(void *arg)
 {

@@ -76,15 +76,20 @@ tm_relname_open(TmRelName *ref, LOCKMODE lockmode)
 	{
 		Relation	rel;
 
-		if (!ref->valid)
+		if (!ref->valid || !OidIsValid(ref->relid))
 		{
 			ref->valid = true;	/* an invalidation from here on looks again */
+			ref->relid = InvalidOid;	/* an error on the way: looked up again */
 			ref->nsp = get_namespace_oid("tiermeter", true);
-			ref->relid = OidIsValid(ref->nsp) ?
-				get_relname_relid(ref->name, ref->nsp) : InvalidOid;
+			if (OidIsValid(ref->nsp))
+				ref->relid = get_relname_relid(ref->name, ref->nsp);
+			if (!OidIsValid(ref->relid))
+			{
+				/* not there: looked up again at the next call (a CREATE) */
+				ref->valid = false;
+				return NULL;
+			}
 		}
-		if (!OidIsValid(ref->relid))
-			return NULL;
 		/* the lock's first acquisition in this transaction reads invalidations */
 		rel = try_relation_open(ref->relid, lockmode);
 		if (rel == NULL)

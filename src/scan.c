@@ -42,6 +42,36 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
+/*
+ * The tables, by name (relnames.c: the relations a query naming them would
+ * read, after a rename or a schema change too); their indexes below.
+ */
+static TmRelName tm_scan_orgs = TM_RELNAME("orgs");
+static TmRelName tm_scan_quotas = TM_RELNAME("org_quotas");
+static TmRelName tm_scan_log = TM_RELNAME("usage_log");
+static TmRelName tm_scan_grants_rel = TM_RELNAME("usage_grants");
+
+/*
+ * Locks the four tables a build reads, until the end of the transaction, as
+ * a query locks them before it takes its snapshot: a rename and a new table
+ * committed meanwhile are then seen both by the name lookup and by the
+ * build's snapshot, which the caller takes after this.
+ */
+void
+tm_scan_lock_tables(void)
+{
+	TmRelName  *tables[] = {&tm_scan_orgs, &tm_scan_quotas, &tm_scan_log, &tm_scan_grants_rel};
+	int			i;
+
+	for (i = 0; i < lengthof(tables); i++)
+	{
+		Relation	rel = tm_relname_open(tables[i], AccessShareLock);
+
+		if (rel != NULL)
+			relation_close(rel, NoLock);
+	}
+}
+
 #ifdef HAVE_INT128			/* the sums are added in 128 bits */
 
 /* a table's column this file reads: its number and type */
@@ -115,17 +145,10 @@ tm_scan_index_ok(Relation index, int nkeys, const AttrNumber *cols, int ncols)
 	return true;
 }
 
-/*
- * The tables and their indexes, by name (relnames.c: the relations a query
- * naming them would read, after a rename or a schema change too).
- */
-static TmRelName tm_scan_orgs = TM_RELNAME("orgs");
+/* the indexes the scans read, by name */
 static TmRelName tm_scan_orgs_pkey = TM_RELNAME("orgs_pkey");
-static TmRelName tm_scan_quotas = TM_RELNAME("org_quotas");
 static TmRelName tm_scan_quotas_pkey = TM_RELNAME("org_quotas_pkey");
-static TmRelName tm_scan_log = TM_RELNAME("usage_log");
 static TmRelName tm_scan_log_index = TM_RELNAME("usage_log_org_feature_time");
-static TmRelName tm_scan_grants_rel = TM_RELNAME("usage_grants");
 static TmRelName tm_scan_grants_index = TM_RELNAME("usage_grants_org");
 
 /* Opens the table and its index if both are there and as expected; else NULL. */

@@ -115,6 +115,7 @@ typedef enum TmPlanId
 	TM_PLAN_SUMS,
 	TM_PLAN_CREATE_ORG,
 	TM_PLAN_INSERT_USAGE,
+	TM_PLAN_INSERT_USAGE_RULES,
 	TM_PLAN_INSERT_USAGE_KEYED,
 	TM_PLAN_KEY_EXISTS,
 	TM_PLAN_GRANTS,
@@ -172,6 +173,9 @@ typedef struct TmOwnerSave
 } TmOwnerSave;
 
 extern bool tm_own_write;
+extern int	tm_own_write_depth;
+extern int	tm_trigger_depth(void);
+extern uint64 tm_foreign_rows;
 
 extern void tm_spi_begin(TmOwnerSave *save);
 extern int	tm_execute_own_write(TmPlanId id, Datum *values, const char *nulls);
@@ -293,11 +297,13 @@ typedef struct TmScanOrg
 	int64		granted;
 } TmScanOrg;
 
+extern void tm_scan_lock_tables(void);
 extern bool tm_scan_org_sums(const char *org_id, const char *feature, bool is_gauge,
 							 TimestampTz now, TimestampTz month_start,
 							 Snapshot snapshot, TmScanOrg *r);
 
 /* ledger.c: a ledger row written without SPI */
+extern bool tm_ledger_has_rules(void);
 extern bool tm_ledger_insert(const char *org_id, const char *feature, int64 amount,
 							 TimestampTz occurred_at, const char *conversation_id);
 

@@ -207,15 +207,19 @@ tm_row_as_given(const TmCall *c, TimestampTz occurred_at)
 	bool		isnull;
 	char	   *org_id = SPI_getvalue(row, desc, 1);
 	char	   *feature = SPI_getvalue(row, desc, 2);
-	Datum		amount = SPI_getbinval(row, desc, 3, &isnull);
+	bool		amount_null;
+	Datum		amount = SPI_getbinval(row, desc, 3, &amount_null);
 	Datum		at = SPI_getbinval(row, desc, 4, &isnull);
 	bool		same_org = org_id != NULL && strcmp(org_id, c->org_id) == 0;
 
 	if (!same_org && org_id != NULL)
 		tm_cache_org_changed(org_id, true);
+	/* the columns retyped by hand: not a row a note could carry */
+	if (SPI_gettypeid(desc, 3) != INT8OID || SPI_gettypeid(desc, 4) != TIMESTAMPTZOID)
+		return false;
 	return same_org && feature != NULL && strcmp(feature, c->feature) == 0 &&
-		DatumGetInt64(amount) == c->amount &&
-		DatumGetTimestampTz(at) == occurred_at;
+		!amount_null && DatumGetInt64(amount) == c->amount &&
+		!isnull && DatumGetTimestampTz(at) == occurred_at;
 }
 
 /*
@@ -228,6 +232,8 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at, bool *as_given)
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	TmPlanId	plan = c->key ? TM_PLAN_INSERT_USAGE_KEYED : TM_PLAN_INSERT_USAGE;
+	uint64		foreign = tm_foreign_rows;
+	int			rc;
 
 	*as_given = true;
 	if (c->key == NULL &&
@@ -246,11 +252,17 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at, bool *as_given)
 		nulls[4] = 'n';
 	if (c->key)
 		values[5] = CStringGetTextDatum(c->key);
-	if (tm_execute_own_write(plan, values, nulls) != SPI_OK_INSERT_RETURNING)
+	/* a rule may rewrite the INSERT, which refuses RETURNING then */
+	if (c->key == NULL && tm_ledger_has_rules())
+		plan = TM_PLAN_INSERT_USAGE_RULES;
+	rc = tm_execute_own_write(plan, values, nulls);
+	if (rc != SPI_OK_INSERT_RETURNING && rc != SPI_OK_INSERT)
 		elog(ERROR, "tiermeter: recording usage failed");
 	if (SPI_processed == 0)
 		return false;
-	*as_given = tm_row_as_given(c, occurred_at);
+	/* what the row became is known only from RETURNING, and only if no trigger wrote others */
+	*as_given = rc == SPI_OK_INSERT_RETURNING && tm_foreign_rows == foreign &&
+		tm_row_as_given(c, occurred_at);
 	if (*as_given)
 		tm_memo_own_row(c->org_id, c->feature, occurred_at, c->amount, !c->cached);
 	else
