@@ -260,9 +260,13 @@ tm_insert_usage(const TmCall *c, TimestampTz occurred_at, bool *as_given)
 		elog(ERROR, "tiermeter: recording usage failed");
 	if (SPI_processed == 0)
 		return false;
-	/* what the row became is known only from RETURNING, and only if no trigger wrote others */
-	*as_given = rc == SPI_OK_INSERT_RETURNING && tm_foreign_rows == foreign &&
-		tm_row_as_given(c, occurred_at);
+	/*
+	 * What the row became is known only from RETURNING (which also marks the
+	 * org a trigger moved it to), and stands alone only if no trigger wrote
+	 * other rows meanwhile.
+	 */
+	*as_given = rc == SPI_OK_INSERT_RETURNING &&
+		tm_row_as_given(c, occurred_at) && tm_foreign_rows == foreign;
 	if (*as_given)
 		tm_memo_own_row(c->org_id, c->feature, occurred_at, c->amount, !c->cached);
 	else
